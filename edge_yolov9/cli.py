@@ -1,0 +1,80 @@
+"""The ``edge-yolov9`` command.
+
+Sub-commands come from the ``edge_yolov9.commands`` entry points: each is a ``register(subparsers)``
+function of a package (``train``, ``convert``, ``firmware_host``) that adds its parsers with a
+``handler``. The runtime thus imports none of those packages, and a sub-command whose extra is not
+installed still shows in ``--help`` and says what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .errors import EdgeYoloError
+
+logger = logging.getLogger("edge_yolov9")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and descriptions kept as written."""
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Handler, *, help: str,
+                description: str | None = None) -> argparse.ArgumentParser:
+    """Add a sub-command; ``description`` (the long help) defaults to ``help``."""
+    parser = subparsers.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def print_result(result: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    """Print a command's result as JSON (``--json``) or as text for people."""
+    print(json.dumps(result, indent=2) if as_json else render(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-yolov9", formatter_class=HelpFormatter,
+        description="YOLOv9 for the edge: train GELAN-T/S with PGI, convert to fully int8 TFLite for the "
+                    "Coral Edge TPU, detect on a Raspberry Pi.")
+    parser.add_argument("--version", action="version", version=f"edge-yolov9 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for entry in sorted(entry_points(group="edge_yolov9.commands"), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except Exception as err:  # one broken plugin must not take the runtime's commands down
+            logger.warning("Commands of %r are unavailable: %s", entry.value, err)
+            continue
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except EdgeYoloError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The one decoder of raw head outputs, shared by PyTorch validation and the runtime on the Pi.
+
+Raw outputs per pyramid level are box bins (4 sides x ``reg_max`` distance bins, side-major:
+left, top, right, bottom) and class logits. Decoding: softmax over the bins, its expectation is
+the distance in strides from the anchor centre; class scores are the sigmoid of the logits.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_STRIDES = (8, 16, 32)
+
+
+def make_anchors(level_shapes: Sequence[tuple[int, int]],
+                 strides: Sequence[int] = DEFAULT_STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor centres (A, 2) as (x, y) in input pixels and the stride of each anchor (A,).
+
+    ``level_shapes`` are the (H, W) of each level's output map; levels are in ``strides`` order,
+    each row-major, matching :func:`flatten_levels`.
+    """
+    centres, per_anchor = [], []
+    for (h, w), stride in zip(level_shapes, strides, strict=True):
+        ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+        centres.append(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1) * stride)
+        per_anchor.append(np.full(h * w, stride, dtype=np.float32))
+    return np.concatenate(centres), np.concatenate(per_anchor)
+
+
+def flatten_levels(levels: Sequence[np.ndarray], channels_last: bool) -> np.ndarray:
+    """Per-level maps of one image, (C, H, W) or (H, W, C), to one (A, C) array."""
+    if channels_last:
+        return np.concatenate([lvl.reshape(-1, lvl.shape[-1]) for lvl in levels])
+    return np.concatenate([lvl.reshape(lvl.shape[0], -1).T for lvl in levels])
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return float(np.log(p / (1 - p)))
+
+
+def dfl_distances(box_bins: np.ndarray, reg_max: int = 16) -> np.ndarray:
+    """(N, 4*reg_max) bin logits to (N, 4) expected distances (l, t, r, b) in strides."""
+    bins = box_bins.reshape(-1, 4, reg_max).astype(np.float32, copy=False)
+    bins = np.exp(bins - bins.max(axis=2, keepdims=True))
+    return (bins @ np.arange(reg_max, dtype=np.float32)) / bins.sum(axis=2)
+
+
+def distances_to_boxes(distances: np.ndarray, anchors: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """(N, 4) ltrb distances in strides around (N, 2) anchor centres to (N, 4) xyxy pixels."""
+    scaled = distances * strides[:, None]
+    return np.concatenate([anchors - scaled[:, :2], anchors + scaled[:, 2:]], axis=1)
+
+
+def decode_candidates(box_bins: np.ndarray, cls_logits: np.ndarray, anchors: np.ndarray, strides: np.ndarray,
+                      *, score_threshold: float, multi_label: bool = False,
+                      classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (N, 4) xyxy in input pixels, scores (N,), class ids (N,) of every candidate above the threshold.
+
+    The threshold is applied to logits before anything else, so only survivors pay for the
+    softmax. ``multi_label`` keeps every class above the threshold per anchor (COCO evaluation);
+    otherwise only each anchor's best class.
+    """
+    logits = cls_logits.astype(np.float32, copy=False)
+    if classes is not None:
+        masked = np.full_like(logits, -np.inf)
+        masked[:, list(classes)] = logits[:, list(classes)]
+        logits = masked
+    cut = logit(score_threshold)
+    if multi_label:
+        anchor_idx, class_ids = np.nonzero(logits > cut)
+        chosen = logits[anchor_idx, class_ids]
+    else:
+        class_ids = logits.argmax(axis=1)
+        chosen = logits[np.arange(len(logits)), class_ids]
+        anchor_idx = np.nonzero(chosen > cut)[0]
+        class_ids, chosen = class_ids[anchor_idx], chosen[anchor_idx]
+    reg_max = box_bins.shape[1] // 4
+    unique_anchors, inverse = np.unique(anchor_idx, return_inverse=True)
+    boxes = distances_to_boxes(dfl_distances(box_bins[unique_anchors], reg_max),
+                               anchors[unique_anchors], strides[unique_anchors])[inverse]
+    return boxes.astype(np.float32), sigmoid(chosen).astype(np.float32), class_ids.astype(np.int64)

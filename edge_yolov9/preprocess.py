@@ -1,0 +1,95 @@
+"""Image loading and the letterbox shared by training, validation, calibration and the runtime.
+
+Every stage that feeds the network goes through :func:`letterbox`, so a model never sees input
+resized differently from how it was calibrated or validated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+PAD_VALUE = 114
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an RGB uint8 array (H, W, 3); grayscale, palette and RGBA are converted."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"Image not found: {path}", "check the path") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"Cannot decode image {path}: {err}",
+                         "the file is corrupt or not an image; re-export it or remove it") from None
+    array = np.asarray(rgb)
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"Image {path} has zero size {array.shape[1]}x{array.shape[0]}", "remove the file")
+    return array
+
+
+def as_rgb_array(image: np.ndarray) -> np.ndarray:
+    """Validate an in-memory image: (H, W, 3) uint8 RGB, or (H, W) grayscale which is expanded."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ImageError(f"Expected an image of shape (H, W, 3), got {array.shape}",
+                         "pass an RGB array, a PIL image or a path")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"Image has zero size {array.shape[1]}x{array.shape[0]}", "skip empty frames")
+    if array.dtype != np.uint8:
+        raise ImageError(f"Expected uint8 pixels, got {array.dtype}", "convert with array.astype(np.uint8)")
+    return array[:, :, :3]
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was placed on the network input: scaled by ``scale``, offset by ``pad``."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    image_width: int
+    image_height: int
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Map (N, 4) xyxy boxes from network-input pixels back to the original image, clipped."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        np.clip(out[:, [0, 2]], 0, self.image_width, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.image_height, out=out[:, [1, 3]])
+        return out
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """Map (N, 4) xyxy boxes from the original image to network-input pixels."""
+        out = np.asarray(boxes, dtype=np.float32) * self.scale
+        out[:, [0, 2]] += self.pad_x
+        out[:, [1, 3]] += self.pad_y
+        return out
+
+
+def letterbox(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio (bilinear) and pad to ``size`` (square, or (height, width))
+    with gray 114, centred. Returns the (H, W, 3) uint8 canvas and the placement."""
+    image = as_rgb_array(image)
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    h, w = image.shape[:2]
+    scale = min(out_h / h, out_w / w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    pad_x, pad_y = (out_w - new_w) // 2, (out_h - new_h) // 2
+    canvas = np.full((out_h, out_w, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = image
+    return canvas, Letterbox(scale, pad_x, pad_y, w, h)

@@ -1,0 +1,1 @@
+"""On-device detector daemon for a Raspberry Pi (needs only edge_yolov9)."""

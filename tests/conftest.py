@@ -1,0 +1,34 @@
+"""Shared fixtures: paths to the read-only real data in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+COCO128 = SHARED / "data" / "coco128"
+COCO_VAL158 = SHARED / "data" / "coco-val158"
+ULTRALYTICS_T_1CLASS = SHARED / "checkpoints" / "ultralytics-yolov9t-1class" / "yolov9t_ball.pt"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"Test data missing: {path}. The suite reads the real data in ../shared.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco128() -> Path:
+    return _require(COCO128)
+
+
+@pytest.fixture(scope="session")
+def coco_val158() -> Path:
+    return _require(COCO_VAL158)
+
+
+@pytest.fixture(scope="session")
+def ultralytics_t_checkpoint() -> Path:
+    return _require(ULTRALYTICS_T_1CLASS)

@@ -1,0 +1,1 @@
+"""Training, validation and checkpoint import for edge-yolov9 (needs the ``train`` extra: torch)."""

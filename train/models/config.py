@@ -1,0 +1,70 @@
+"""Typed configurations of the model zoo.
+
+A config is plain data (str/int/float/bool/tuples) so that it is stored inside checkpoints and
+reloaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+AuxBranch = Literal["none", "fpn", "reversible"]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Width rules of the detection head: class-branch width = max(P3 channels, min(factor * nc, cap)).
+
+    The defaults (grouped box branch, factor 1, cap 100) reproduce the published YOLOv9 figures
+    (T 2.0M params / 7.7 GFLOPs, S 7.1M / 26.4 at 640). The YOLOv9 repo's DDetect code uses
+    factor 2, cap 128; Ultralytics' Detect uses ``box_groups=1`` and, since 8.3, a depthwise class
+    branch. The checkpoint importer infers these from tensor shapes.
+    """
+
+    reg_max: int = 16
+    box_groups: int = 4
+    cls_width_factor: int = 1
+    cls_width_cap: int = 100
+    cls_depthwise: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A GELAN detector: ``base_width`` scales every stage (T: 16, S: 32), ``csp_depth`` the RepNCSP blocks.
+
+    ``aux`` selects the PGI auxiliary branch used only in training: ``"fpn"`` is the second SPPELAN
+    and top-down path on the backbone's P3/P4/P5 with its own head (official yolov9-t/s);
+    ``"reversible"`` is the CBLinear/CBFuse auxiliary backbone fed from the input image (PGI paper,
+    yolov9-m/c style).
+    """
+
+    name: str
+    base_width: int = 16
+    csp_depth: int = 3
+    num_classes: int = 80
+    activation: str = "silu"
+    aux: AuxBranch = "none"
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
+        if self.aux not in ("none", "fpn", "reversible"):
+            raise ValueError(f"aux must be 'none', 'fpn' or 'reversible', got {self.aux!r}.")
+        if isinstance(self.head, dict):  # coming back from a checkpoint
+            object.__setattr__(self, "head", HeadConfig(**self.head))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown model config keys {sorted(unknown)}; known keys are {sorted(known)}.")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
