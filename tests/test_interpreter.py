@@ -1,0 +1,53 @@
+"""Interpreter discovery, device strings and Edge TPU diagnoses (no TPU on the test machine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_yolov9.interpreter import (RuntimeSetupError, coral_usb_devices, find_backend, libedgetpu_path,
+                                     load_edgetpu_delegate, numpy_abi_problem, parse_device)
+
+
+@pytest.mark.parametrize("text,options", [
+    ("usb", {"device": "usb"}), ("usb:0", {"device": "usb:0"}), ("pci", {"device": "pci"}),
+    ("pci:1", {"device": "pci:1"}), (":0", {"device": ":0"}), ("USB:2", {"device": "usb:2"}),
+])
+def test_device_strings_follow_pycoral(text, options):
+    device = parse_device(text)
+    assert device.wants_tpu and device.delegate_options() == options
+
+
+def test_cpu_and_auto_devices_and_bad_ones():
+    assert not parse_device("cpu").wants_tpu and parse_device("auto").kind == "auto"
+    for bad in ("gpu", "usb:x", "usb0", "pci:-1"):
+        with pytest.raises(RuntimeSetupError, match="use auto, cpu"):
+            parse_device(bad)
+
+
+def test_tflite_runtime_under_numpy2_is_diagnosed():
+    assert "NumPy 1" in numpy_abi_problem("tflite-runtime", "2.1.0")
+    assert numpy_abi_problem("tflite-runtime", "1.26.4") is None
+    assert numpy_abi_problem("ai-edge-litert", "2.1.0") is None
+
+
+def test_default_backend_is_ai_edge_litert():
+    backend = find_backend()
+    assert backend.name == "ai-edge-litert" and backend.version != "unknown"
+    with pytest.raises(RuntimeSetupError, match="Unknown interpreter"):
+        find_backend("tensorflow")
+
+
+def test_missing_edge_tpu_runtime_says_how_to_install():
+    assert libedgetpu_path() is None, "this test expects a machine without libedgetpu"
+    with pytest.raises(RuntimeSetupError) as info:
+        load_edgetpu_delegate(find_backend(), parse_device("usb"))
+    assert "libedgetpu" in str(info.value) and "apt-get install libedgetpu1-std" in info.value.fix
+
+
+def test_coral_usb_ids_are_read_from_sysfs(tmp_path):
+    for name, vendor, product in (("1-1", "1a6e", "089a"), ("1-2", "18d1", "9302"), ("1-3", "046d", "c52b")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "idVendor").write_text(vendor + "\n")
+        (tmp_path / name / "idProduct").write_text(product + "\n")
+    found = coral_usb_devices(str(tmp_path))
+    assert len(found) == 2 and "bootloader" in found[0] and "ready" in found[1]
