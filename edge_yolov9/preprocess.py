@@ -65,10 +65,8 @@ class Letterbox:
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """Map (N, 4) xyxy boxes from network-input pixels back to the original image, clipped."""
         out = np.asarray(boxes, dtype=np.float32).copy()
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
-        np.clip(out[:, [0, 2]], 0, self.image_width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, self.image_height, out=out[:, [1, 3]])
+        out[:, [0, 2]] = np.clip((out[:, [0, 2]] - self.pad_x) / self.scale, 0, self.image_width)
+        out[:, [1, 3]] = np.clip((out[:, [1, 3]] - self.pad_y) / self.scale, 0, self.image_height)
         return out
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:

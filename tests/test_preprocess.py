@@ -22,6 +22,12 @@ def test_letterbox_pads_centred_and_maps_boxes_back(coco_val158):
     np.testing.assert_allclose(lb.to_image(lb.to_input(boxes)), boxes, atol=1e-3)
 
 
+def test_boxes_mapped_back_are_clipped_to_the_image():
+    _, lb = letterbox(np.zeros((50, 100, 3), np.uint8), 64)
+    out = lb.to_image(np.array([[-10.0, -10.0, 200.0, 200.0]]))
+    np.testing.assert_allclose(out, [[0, 0, 100, 50]])
+
+
 def test_grayscale_image_is_converted_to_rgb(coco128):
     grays = [p for p in sorted((coco128 / "images" / "train2017").glob("*.jpg")) if Image.open(p).mode == "L"]
     assert grays, "coco128 holds a grayscale image; the test needs one"
