@@ -40,6 +40,19 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    require_torch("Training")
+    from .trainer import TrainConfig, resume, train
+
+    if args.resume:
+        best = resume(args.resume)
+    else:
+        overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+        best = train(TrainConfig(**overrides))
+    print(f"best checkpoint: {best}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     models = add_command(
         subparsers, "models", _models, help="list the model zoo with parameters and GFLOPs",
@@ -50,3 +63,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--imgsz", type=int, default=640, help="square input size for GFLOPs")
     models.add_argument("--num-classes", type=int, default=80, help="number of classes of the head")
     models.add_argument("--json", action="store_true", help="print JSON")
+
+    train = add_command(
+        subparsers, "train", _train, help="train a GELAN / YOLOv9 (PGI) detector on YOLO-format data",
+        description="Train on a YOLO-format dataset (data.yaml) or the built-in synthetic 'shapes' data. "
+                    "yolov9-t/-s train with the PGI auxiliary branch (dropped at export); gelan-t/-s without. "
+                    "Writes runs/train/NAME/{last.pt,best.pt,results.csv,loss.png,map.png}.")
+    train.add_argument("--model", default="yolov9-t", help="model variant (see `edge-yolov9 models`)")
+    train.add_argument("--data", default="shapes", help="data.yaml, dataset folder, or 'shapes' (built-in)")
+    train.add_argument("--weights", help="start from this edge-yolov9 checkpoint (class layers re-initialised "
+                                         "when the class count differs); import foreign ones first")
+    train.add_argument("--imgsz", type=int, default=320, help="training and validation input size")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch", type=int, default=16)
+    train.add_argument("--workers", type=int, default=-1, help="data-loading processes (-1: cores - 1)")
+    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    train.add_argument("--activation", default="silu", choices=["silu", "relu6"])
+    train.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
+    train.add_argument("--cos-lr", action="store_true", help="cosine instead of linear LR decay")
+    train.add_argument("--close-mosaic", type=int, default=15, help="train the last N epochs without mosaic")
+    train.add_argument("--freeze-backbone", action="store_true", help="keep the backbone (layers 0-8) fixed")
+    train.add_argument("--no-cache", dest="cache", action="store_false", help="read images from disk each time")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--project", default="runs/train", help="parent folder of runs")
+    train.add_argument("--name", default="exp", help="run folder name")
+    train.add_argument("--resume", metavar="LAST_PT", help="continue a stopped run (its last.pt or folder)")

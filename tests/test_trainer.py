@@ -1,0 +1,121 @@
+"""Training: optimisation steps, exact resume, and a tiny end-to-end run on real coco128 images."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge_yolov9.errors import DatasetError
+from train.checkpoint import load_checkpoint, read_checkpoint
+from train.loss import DetectionLoss
+from train.models import STRIDES, create_model
+from train.trainer import TrainConfig, Trainer, build_optimizer, collate, resume
+
+
+def tiny_dataset(coco128: Path, tmp_path: Path, count: int = 8) -> Path:
+    """A data.yaml over the first ``count`` coco128 images (train and val), as an image list."""
+    images = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:count]
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(str(p) for p in images) + "\n")
+    names = (coco128 / "data.yaml").read_text().split("names:", 1)[1]
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: images.txt\nval: images.txt\nnames:{names}")
+    return data
+
+
+def config(data: Path, tmp_path: Path, **changes) -> TrainConfig:
+    base = TrainConfig(model="yolov9-t", data=str(data), imgsz=128, epochs=2, batch=4, workers=0,
+                       device="cpu", warmup_epochs=0.5, close_mosaic=1, project=str(tmp_path / "runs"),
+                       name="run")
+    return replace(base, **changes)
+
+
+def test_optimizer_steps_reduce_the_loss_on_a_fixed_batch(coco128, tmp_path):
+    cfg = config(tiny_dataset(coco128, tmp_path), tmp_path, lr0=0.01)
+    trainer = Trainer(cfg)
+    batch = collate([trainer.dataset[i] for i in range(4)])
+    images, targets = batch[0].float() / 255, batch[1]
+    assert len(targets), "the fixed batch must hold objects"
+    model = create_model("yolov9-t", num_classes=80).train()
+    optimizer = build_optimizer(model, cfg, cfg.weight_decay)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.01
+    loss = DetectionLoss(STRIDES)
+    first = loss(model(images), targets)[0].item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss(model(images), targets)[0].backward()
+        optimizer.step()
+    assert loss(model(images), targets)[0].item() < first * 0.6
+
+
+def test_training_is_repeatable_and_resume_continues_exactly(coco128, tmp_path, monkeypatch):
+    data = tiny_dataset(coco128, tmp_path)
+    full = Trainer(config(data, tmp_path, name="full"))
+    full.fit()
+
+    # The same run killed during its second epoch, then resumed from last.pt.
+    train_epoch = Trainer.train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_epoch)
+    crashed = Trainer(config(data, tmp_path, name="crashed"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.fit()
+    monkeypatch.undo()
+    state = read_checkpoint(crashed.run_dir / "last.pt")
+    assert state["epoch"] == 0 and state["ema_updates"] > 0
+    resume(crashed.run_dir / "last.pt")
+
+    a = read_checkpoint(full.run_dir / "last.pt")
+    b = read_checkpoint(crashed.run_dir / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1 and a["ema_updates"] == b["ema_updates"]
+    for part in ("model", "train_model"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], atol=1e-5, rtol=1e-4)
+    rows = list(csv.DictReader(open(crashed.run_dir / "results.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_end_to_end_train_and_val_on_coco128(coco128, tmp_path):
+    cfg = config(tiny_dataset(coco128, tmp_path, count=8), tmp_path, epochs=1)
+    best = Trainer(cfg).fit()
+    model, names, meta = load_checkpoint(best)
+    assert names[0] == "person" and model.num_classes == 80 and meta["imgsz"] == 128
+    assert 0.0 <= meta["map50_95"] <= meta["map50"] <= 1.0
+    run = cfg.run_dir()
+    assert {"last.pt", "best.pt", "results.csv", "loss.png", "map.png"} <= {p.name for p in run.iterdir()}
+
+
+def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_path):
+    data = tiny_dataset(coco128, tmp_path)
+    source = tmp_path / "source.pt"
+    from train.checkpoint import save_checkpoint
+
+    donor = create_model("gelan-t", num_classes=3)
+    save_checkpoint(source, donor, ["a", "b", "c"])
+    trainer = Trainer(config(data, tmp_path, weights=str(source), freeze_backbone=True))
+    model = trainer.model
+    torch.testing.assert_close(model.layers[4].cv4.conv.weight, donor.layers[4].cv4.conv.weight)
+    torch.testing.assert_close(model.head.box[0][0].conv.weight, donor.head.box[0][0].conv.weight)
+    assert model.head.cls[0][-1].weight.shape[0] == 80
+    assert not any(p.requires_grad for p in model.layers[:9].parameters())
+    assert all(p.requires_grad for p in model.layers[9:].parameters())
+
+
+def test_unreadable_training_image_is_a_dataset_error(coco128, tmp_path):
+    data = tiny_dataset(coco128, tmp_path, count=3)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not an image")
+    listing = tmp_path / "images.txt"
+    listing.write_text(listing.read_text() + f"{broken}\n")
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        Trainer(config(data, tmp_path))

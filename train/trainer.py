@@ -1,0 +1,426 @@
+"""Training of GELAN / YOLOv9 (PGI) detectors on YOLO-format data, on CPU or CUDA.
+
+The YOLOv9 recipe: SGD (momentum 0.937, nesterov) with no weight decay on norms and biases,
+warm-up, linear or cosine LR decay, EMA of the weights, gradient clipping, AMP on CUDA, gradient
+accumulation to a nominal batch of 64, mosaic closed for the last epochs. Every epoch is validated
+(COCO mAP of the EMA weights) and written atomically to ``last.pt`` (and ``best.pt``), with the
+optimizer, EMA and schedule state, so ``--resume`` continues a killed run where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError
+from edge_yolov9.preprocess import load_image
+
+from .augment import Annotated, AugmentConfig, augment, resize_long_side
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .data import DataConfig, Sample, list_split, load_data_config
+from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
+from .loss import DetectionLoss, LossConfig
+from .models import YOLO, create_model, load_weights
+from .synthetic import builtin_dataset
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DATA = "shapes"
+BACKBONE_LAYERS = 9  # layers 0-8: the GELAN backbone
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in its checkpoints so ``--resume`` needs nothing else."""
+
+    model: str = "yolov9-t"
+    data: str = BUILTIN_DATA
+    weights: str | None = None
+    imgsz: int = 320
+    epochs: int = 30
+    batch: int = 16
+    nominal_batch: int = 64
+    workers: int = -1
+    device: str = "auto"
+    activation: str = "silu"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    cos_lr: bool = False
+    close_mosaic: int = 15
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    max_grad_norm: float = 10.0
+    freeze_backbone: bool = False
+    cache: bool = True
+    seed: int = 0
+    project: str = "runs/train"
+    name: str = "exp"
+    augment: dict[str, float] = field(default_factory=lambda: asdict(AugmentConfig()))
+    loss: dict[str, float] = field(default_factory=lambda: asdict(LossConfig()))
+
+    def run_dir(self) -> Path:
+        return Path(self.project) / self.name
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeYoloError(f"Device {name!r} was asked for but CUDA is not available", "use --device cpu")
+    return device
+
+
+def default_workers(requested: int) -> int:
+    """Data-loading processes: leave a core for the training step itself."""
+    return requested if requested >= 0 else min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+def resolve_data(data: str) -> Path:
+    return builtin_dataset() if data == BUILTIN_DATA else Path(data)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Augmented training samples. Randomness comes from (seed, epoch, index), so a run is repeatable
+    whatever the number of loader processes, and a resumed epoch sees the same augmentations."""
+
+    def __init__(self, samples: list[Sample], size: int, cfg: AugmentConfig, seed: int, cache: bool):
+        self.samples, self.size, self.cfg, self.seed = samples, size, cfg, seed
+        self.epoch, self.use_mosaic = 0, True
+        self._cache: list[Annotated] | None = None
+        if cache:
+            self._cache = [self._read(i) for i in tqdm(range(len(samples)), desc="caching images", unit="img",
+                                                       leave=False)]
+
+    def _read(self, index: int) -> Annotated:
+        sample = self.samples[index]
+        image = load_image(sample.image_path)
+        h, w = image.shape[:2]
+        cx, cy, bw, bh = (sample.labels[:, i] for i in range(1, 5))
+        boxes = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1)
+        return resize_long_side(Annotated(image, boxes.astype(np.float32), sample.labels[:, 0].astype(np.int64)),
+                                self.size)
+
+    def load(self, index: int) -> Annotated:
+        return self._cache[index] if self._cache is not None else self._read(index)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        sample = augment(index, self.load, len(self), self.size, rng, self.cfg, self.use_mosaic)
+        targets = np.concatenate([sample.classes[:, None].astype(np.float32), sample.boxes], 1)
+        image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
+        return image, torch.from_numpy(targets)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, 3, H, W) uint8 and targets (N, 6): image index, class, x1, y1, x2, y2."""
+    images, targets = zip(*batch)
+    indexed = [torch.cat([torch.full((len(t), 1), float(i)), t], 1) for i, t in enumerate(targets)]
+    return torch.stack(images), torch.cat(indexed) if indexed else torch.zeros(0, 6)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+class ModelEMA:
+    """Exponential moving average of the weights; the decay ramps up over the first updates."""
+
+    def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0):
+        self.ema = copy.deepcopy(model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        current = model.state_dict()
+        for key, value in self.ema.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(current[key].detach(), alpha=1 - d)
+            else:
+                value.copy_(current[key])
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> torch.optim.SGD:
+    """SGD with three groups: conv/linear weights (decayed), norm weights and biases (not decayed)."""
+    decayed, norms, biases = [], [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if name == "bias":
+                biases.append(param)
+            elif isinstance(module, nn.BatchNorm2d):
+                norms.append(param)
+            else:
+                decayed.append(param)
+    optimizer = torch.optim.SGD(norms, lr=cfg.lr0, momentum=cfg.momentum, nesterov=True)
+    optimizer.add_param_group({"params": decayed, "weight_decay": weight_decay})
+    optimizer.add_param_group({"params": biases})
+    return optimizer
+
+
+def lr_factor(epoch: float, cfg: TrainConfig) -> float:
+    """Multiplier of lr0 at (fractional) ``epoch``: linear or cosine from 1 down to ``lrf``."""
+    progress = min(epoch / cfg.epochs, 1.0)
+    if cfg.cos_lr:
+        return ((1 - math.cos(progress * math.pi)) / 2) * (cfg.lrf - 1) + 1
+    return (1 - progress) * (1.0 - cfg.lrf) + cfg.lrf
+
+
+def set_learning_rates(optimizer: torch.optim.SGD, cfg: TrainConfig, epoch: int, iteration: int,
+                       warmup_iterations: int) -> None:
+    """Warm-up: weights and norms ramp from 0 and biases down from ``warmup_bias_lr`` to the schedule,
+    momentum from ``warmup_momentum``; afterwards the epoch's scheduled rate."""
+    target = cfg.lr0 * lr_factor(epoch, cfg)
+    if iteration >= warmup_iterations:
+        for group in optimizer.param_groups:
+            group["lr"] = target
+            group["momentum"] = cfg.momentum
+        return
+    t = iteration / max(warmup_iterations, 1)
+    for index, group in enumerate(optimizer.param_groups):
+        start = cfg.warmup_bias_lr if index == 2 else 0.0
+        group["lr"] = start + (target - start) * t
+        group["momentum"] = cfg.warmup_momentum + (cfg.momentum - cfg.warmup_momentum) * t
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def fitness(metrics: Metrics) -> float:
+    return 0.1 * metrics.map50 + 0.9 * metrics.map50_95
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    lr: float
+    box_loss: float
+    dfl_loss: float
+    cls_loss: float
+    map50_95: float
+    map50: float
+    images_per_second: float
+    seconds: float
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume_from: Path | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.run_dir = cfg.run_dir()
+        data_yaml = resolve_data(cfg.data)
+        self.data: DataConfig = load_data_config(data_yaml)
+        train_samples = list_split(self.data, "train")
+        if not train_samples:
+            raise DatasetError(f"The `train` split of {self.data.yaml_path} has no images", "add images")
+        self.val_set = load_eval_set(data_yaml, split="val")
+        torch.manual_seed(cfg.seed)  # the initial weights, hence the whole run, follow the seed
+        self.model = self._build_model().to(self.device)
+        self.loss = DetectionLoss(self.model.strides, self.model.cfg.head.reg_max, LossConfig(**cfg.loss))
+        try:
+            self.dataset = TrainDataset(train_samples, cfg.imgsz, AugmentConfig(**cfg.augment), cfg.seed, cfg.cache)
+        except ImageError as err:
+            raise DatasetError(f"A training image cannot be read: {err.problem}",
+                               err.fix or "remove the file or its label") from None
+        self.accumulate = max(round(cfg.nominal_batch / cfg.batch), 1)
+        weight_decay = cfg.weight_decay * cfg.batch * self.accumulate / cfg.nominal_batch
+        self.optimizer = build_optimizer(self.model, cfg, weight_decay)
+        self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_tau)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    def _build_model(self) -> YOLO:
+        cfg = self.cfg
+        model = create_model(cfg.model, num_classes=self.data.num_classes, activation=cfg.activation)
+        if cfg.weights:
+            source, _, _ = load_checkpoint(cfg.weights, strict=False)
+            # Fine-tuning: everything whose shape fits is kept; class layers of another class count
+            # and branches the source lacks (e.g. PGI aux from a gelan checkpoint) start fresh.
+            report = load_weights(model, source.state_dict(), strict=False)
+            logger.info("Loaded %s: %d tensors kept, %d re-initialised (%s)", cfg.weights,
+                        len(model.state_dict()) - len(report.missing) - len(report.shape_mismatch),
+                        len(report.missing) + len(report.shape_mismatch), report.summary())
+        if cfg.freeze_backbone:
+            for layer in model.layers[:BACKBONE_LAYERS]:
+                layer.requires_grad_(False)
+        return model
+
+    def _restore(self, path: Path) -> None:
+        state = read_checkpoint(path)
+        if "optimizer" not in state:
+            raise EdgeYoloError(f"{path} holds no training state (a best.pt or an imported model)",
+                                "resume from the run's last.pt")
+        self.model.load_state_dict(state["train_model"])
+        self.ema.ema.load_state_dict(state["model"])
+        self.ema.updates = state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_fitness = state["best_fitness"]
+        self.history = [EpochResult(**row) for row in state["history"]]
+        logger.info("Resuming %s at epoch %d of %d", path, self.start_epoch + 1, self.cfg.epochs)
+
+    def _save(self, epoch: int, best: bool) -> None:
+        meta = {"imgsz": self.cfg.imgsz, "epoch": epoch, "source": "train",
+                "map50_95": self.history[-1].map50_95, "map50": self.history[-1].map50}
+        state = {"train_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "ema_updates": self.ema.updates, "epoch": epoch, "best_fitness": self.best_fitness,
+                 "history": [asdict(h) for h in self.history], "train_config": asdict(self.cfg)}
+        save_checkpoint(self.run_dir / "last.pt", self.ema.ema, list(self.data.names), meta=meta, **state)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", self.ema.ema, list(self.data.names), meta=meta)
+
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        self.dataset.epoch = epoch
+        self.dataset.use_mosaic = epoch < self.cfg.epochs - self.cfg.close_mosaic
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        workers = default_workers(self.cfg.workers)
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch, shuffle=True, drop_last=False,
+                                           num_workers=workers, collate_fn=collate, generator=generator,
+                                           persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    def train_epoch(self, epoch: int) -> tuple[list[float], float, float]:
+        """One pass over the data: mean loss terms, images/s and the last learning rate."""
+        self.model.train()
+        loader = self._loader(epoch)
+        batches = len(loader)
+        warmup = round(self.cfg.warmup_epochs * batches)
+        sums, seen, started = np.zeros(3), 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, (images, targets) in enumerate(bar):
+            iteration = step + batches * epoch
+            set_learning_rates(self.optimizer, self.cfg, epoch, iteration, warmup)
+            images = images.to(self.device, non_blocking=True).float().div_(255)
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                output = self.model(images)
+            total, items = self.loss(output, targets)
+            self.scaler.scale(total).backward()
+            if (step + 1) % self.accumulate == 0 or step + 1 == batches:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.ema.update(self.model)
+            sums += np.array([t.item() for t in items]) * len(images)
+            seen += len(images)
+            rate = seen / (time.perf_counter() - started)
+            mean = sums / seen
+            bar.set_postfix(box=f"{mean[0]:.3f}", dfl=f"{mean[1]:.3f}", cls=f"{mean[2]:.3f}", img_s=f"{rate:.1f}")
+        bar.close()
+        # Plain floats: the history goes into checkpoints, which load with weights_only (no numpy scalars).
+        return ([float(v) for v in sums / max(seen, 1)], seen / (time.perf_counter() - started),
+                float(self.optimizer.param_groups[0]["lr"]))
+
+    def validate(self) -> Metrics:
+        predictor = TorchPredictor(self.ema.ema, self.cfg.imgsz)
+        return evaluate(self.val_set, predictor, batch_size=self.cfg.batch).metrics
+
+    def fit(self) -> Path:
+        """Train the remaining epochs; returns the best checkpoint's path."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("Training %s on %s (%d images, %d classes) at %d px on %s, %d epochs, batch %d x %d",
+                    self.cfg.model, self.data.yaml_path, len(self.dataset), self.data.num_classes, self.cfg.imgsz,
+                    self.device, self.cfg.epochs, self.cfg.batch, self.accumulate)
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            started = time.perf_counter()
+            losses, throughput, lr = self.train_epoch(epoch)
+            metrics = self.validate()
+            self.history.append(EpochResult(epoch + 1, lr, *losses, metrics.map50_95, metrics.map50, throughput,
+                                            time.perf_counter() - started))
+            improved = fitness(metrics) > self.best_fitness
+            self.best_fitness = max(self.best_fitness, fitness(metrics))
+            self._save(epoch, improved)
+            self._write_results()
+            logger.info("epoch %d: mAP50-95 %.4f mAP50 %.4f, %.1f img/s", epoch + 1, metrics.map50_95,
+                        metrics.map50, throughput)
+        return self.run_dir / "best.pt"
+
+    def _write_results(self) -> None:
+        path = self.run_dir / "results.csv"
+        with open(path.with_suffix(".tmp"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochResult)])
+            writer.writeheader()
+            writer.writerows(asdict(h) for h in self.history)
+        os.replace(path.with_suffix(".tmp"), path)
+        plot_results(self.history, self.run_dir)
+
+
+def plot_results(history: list[EpochResult], run_dir: Path) -> None:
+    """loss.png (the three loss terms) and map.png (validation mAP) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h.epoch for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("box_loss", "dfl_loss", "cls_loss"):
+        ax.plot(epochs, [getattr(h, name) for h in history], marker="o", label=name)
+    ax.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h.map50 for h in history], marker="o", label="mAP50")
+    ax.plot(epochs, [h.map50_95 for h in history], marker="o", label="mAP50-95")
+    ax.set(xlabel="epoch", ylabel="mAP", title="validation mAP", ylim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "map.png", dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> Path:
+    return Trainer(cfg).fit()
+
+
+def resume(path: str | os.PathLike) -> Path:
+    """Continue the run whose ``last.pt`` (or run folder) is ``path``, with its stored config."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    state = read_checkpoint(path)
+    if "train_config" not in state:
+        raise EdgeYoloError(f"{path} is not the last.pt of a training run", "pass runs/train/<name>/last.pt")
+    cfg = TrainConfig.from_dict(state["train_config"])
+    cfg.project, cfg.name = str(path.parent.parent), path.parent.name
+    return Trainer(cfg, resume_from=path).fit()
