@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One torch thread per test process: pytest -n N already uses N cores, and oversubscribed
     # threads make torch on a small machine many times slower.
-    import torch
-
     torch.set_num_threads(1)
+# oneDNN compiles kernels for every new conv shape (10-40 s per model here, forward and backward);
+# the suite builds many small models and runs each a few times, where PyTorch's native
+# convolutions (just as exact) are much faster. Training runs outside the tests keep oneDNN.
+torch.backends.mkldnn.enabled = False
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
