@@ -19,7 +19,7 @@ def make_anchors(level_shapes: Sequence[tuple[int, int]],
     """Anchor centres (A, 2) as (x, y) in input pixels and the stride of each anchor (A,).
 
     ``level_shapes`` are the (H, W) of each level's output map; levels are in ``strides`` order,
-    each row-major, matching :func:`flatten_levels`.
+    each row-major, matching :func:`flatten_level`.
     """
     centres, per_anchor = [], []
     for (h, w), stride in zip(level_shapes, strides, strict=True):
@@ -29,11 +29,9 @@ def make_anchors(level_shapes: Sequence[tuple[int, int]],
     return np.concatenate(centres), np.concatenate(per_anchor)
 
 
-def flatten_levels(levels: Sequence[np.ndarray], channels_last: bool) -> np.ndarray:
-    """Per-level maps of one image, (C, H, W) or (H, W, C), to one (A, C) array."""
-    if channels_last:
-        return np.concatenate([lvl.reshape(-1, lvl.shape[-1]) for lvl in levels])
-    return np.concatenate([lvl.reshape(lvl.shape[0], -1).T for lvl in levels])
+def flatten_level(level: np.ndarray, channels_last: bool) -> np.ndarray:
+    """One level's map of one image, (C, H, W) or (H, W, C), as (H*W, C) rows in anchor order."""
+    return level.reshape(-1, level.shape[-1]) if channels_last else level.reshape(level.shape[0], -1).T
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decode import DEFAULT_STRIDES, decode_candidates, flatten_levels, make_anchors
+from .decode import DEFAULT_STRIDES, decode_candidates, flatten_level, logit, make_anchors
 from .nms import nms
 
 
@@ -33,20 +33,56 @@ def _anchors(level_shapes: tuple[tuple[int, int], ...], strides: tuple[int, ...]
     return make_anchors(level_shapes, strides)
 
 
+Quantization = tuple[float, int]  # (scale, zero_point): real = (q - zero_point) * scale
+
+
+def _candidate_rows(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarray], channels_last: bool,
+                    box_quant: Sequence[Quantization] | None, cls_quant: Sequence[Quantization] | None,
+                    threshold: float, classes: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Anchor indices, box bins and class logits (float) of the anchors whose best watched class is above
+    the threshold. The test runs on the raw (possibly int8) maps, so only candidates are dequantized."""
+    cut = logit(threshold)
+    indices, boxes, logits = [], [], []
+    start = 0
+    for level, (box, cls) in enumerate(zip(box_levels, cls_levels)):
+        box, cls = flatten_level(box, channels_last), flatten_level(cls, channels_last)
+        watched = cls if classes is None else cls[:, list(classes)]
+        level_cut = cut
+        if cls_quant is not None:
+            scale, zero = cls_quant[level]
+            level_cut = cut / scale + zero
+        rows = np.flatnonzero(watched.max(axis=1) > level_cut)
+        box_rows, cls_rows = box[rows], cls[rows]
+        if box_quant is not None:
+            scale, zero = box_quant[level]
+            box_rows = (box_rows.astype(np.float32) - zero) * np.float32(scale)
+        if cls_quant is not None:
+            scale, zero = cls_quant[level]
+            cls_rows = (cls_rows.astype(np.float32) - zero) * np.float32(scale)
+        indices.append(rows + start)
+        boxes.append(box_rows.astype(np.float32, copy=False))
+        logits.append(cls_rows.astype(np.float32, copy=False))
+        start += len(box)
+    return np.concatenate(indices), np.concatenate(boxes), np.concatenate(logits)
+
+
 def postprocess(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarray], *, channels_last: bool,
-                config: PostprocessConfig = PostprocessConfig(),
-                strides: Sequence[int] = DEFAULT_STRIDES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                config: PostprocessConfig = PostprocessConfig(), strides: Sequence[int] = DEFAULT_STRIDES,
+                box_quant: Sequence[Quantization] | None = None,
+                cls_quant: Sequence[Quantization] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections of one image in network-input pixels: boxes (N, 4) xyxy, scores (N,), class ids (N,).
 
-    ``box_levels``/``cls_levels`` are the per-level float maps of one image, (C, H, W) or, with
-    ``channels_last``, (H, W, C).
+    ``box_levels``/``cls_levels`` are the per-level maps of one image, (C, H, W) or, with
+    ``channels_last``, (H, W, C): float, or integer with their per-level ``*_quant`` parameters
+    (then thresholding happens on the integers and only candidates are dequantized).
     """
     shapes = tuple(tuple(int(v) for v in (lvl.shape[:2] if channels_last else lvl.shape[1:])) for lvl in box_levels)
     anchors, anchor_strides = _anchors(shapes, tuple(strides))
+    rows, box_bins, cls_logits = _candidate_rows(box_levels, cls_levels, channels_last, box_quant, cls_quant,
+                                                 config.score_threshold, config.classes)
     boxes, scores, class_ids = decode_candidates(
-        flatten_levels(box_levels, channels_last), flatten_levels(cls_levels, channels_last), anchors,
-        anchor_strides, score_threshold=config.score_threshold, multi_label=config.multi_label,
-        classes=config.classes)
+        box_bins, cls_logits, anchors[rows], anchor_strides[rows], score_threshold=config.score_threshold,
+        multi_label=config.multi_label, classes=config.classes)
     if len(scores) > config.max_candidates:
         top = np.argpartition(-scores, config.max_candidates)[:config.max_candidates]
         boxes, scores, class_ids = boxes[top], scores[top], class_ids[top]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_yolov9.decode import decode_candidates, dfl_distances, flatten_levels, make_anchors, sigmoid
+from edge_yolov9.decode import decode_candidates, dfl_distances, flatten_level, make_anchors, sigmoid
 from edge_yolov9.nms import nms
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 
@@ -31,11 +31,11 @@ def test_dfl_expectation_of_one_hot_and_uniform_bins():
     np.testing.assert_allclose(dfl_distances(np.zeros((1, 64), np.float32)), [[7.5] * 4], atol=1e-5)
 
 
-def test_flatten_levels_agrees_between_layouts():
+def test_flatten_level_agrees_between_layouts():
     rng = np.random.default_rng(0)
     levels = [rng.normal(size=(5, 4, 6)).astype(np.float32), rng.normal(size=(5, 2, 3)).astype(np.float32)]
-    nchw = flatten_levels(levels, channels_last=False)
-    nhwc = flatten_levels([lvl.transpose(1, 2, 0) for lvl in levels], channels_last=True)
+    nchw = np.concatenate([flatten_level(lvl, channels_last=False) for lvl in levels])
+    nhwc = np.concatenate([flatten_level(lvl.transpose(1, 2, 0), channels_last=True) for lvl in levels])
     np.testing.assert_array_equal(nchw, nhwc)
     assert nchw.shape == (4 * 6 + 2 * 3, 5)
 
@@ -81,3 +81,21 @@ def test_postprocess_end_to_end_on_raw_levels():
     assert classes.tolist() == [1] and scores[0] == pytest.approx(sigmoid(4.0), rel=1e-5)
     centre = (boxes[0, :2] + boxes[0, 2:]) / 2
     assert 0 <= centre[0] <= 128 and 0 <= centre[1] <= 128
+
+
+def test_quantized_levels_give_the_same_detections_as_their_float_values():
+    rng = np.random.default_rng(2)
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    box_q = [rng.integers(-128, 128, size=(h, w, 64), dtype=np.int8) for h, w in shapes]
+    cls_q = [np.full((h, w, 3), -120, np.int8) for h, w in shapes]
+    cls_q[0][2, 5, 1] = 90
+    cls_q[1][1, 1, 2] = 60
+    cls_q[2][0, 1, 0] = 100
+    box_params, cls_params = [(0.08, -3), (0.07, 2), (0.09, 0)], [(0.05, 10), (0.06, -5), (0.04, 0)]
+    dequant = lambda levels, params: [(q.astype(np.float32) - z) * np.float32(s) for q, (s, z) in zip(levels, params)]
+    config = PostprocessConfig(score_threshold=0.5, classes=(0, 1))
+    quantized = postprocess(box_q, cls_q, channels_last=True, config=config, box_quant=box_params, cls_quant=cls_params)
+    floats = postprocess(dequant(box_q, box_params), dequant(cls_q, cls_params), channels_last=True, config=config)
+    for a, b in zip(quantized, floats):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert sorted(quantized[2].tolist()) == [0, 1]  # class 2 filtered out, the others found

@@ -1,0 +1,295 @@
+"""The detector: a converted edge-yolov9 model on the CPU or a Coral Edge TPU.
+
+    detector = Detector("model_int8_edgetpu.tflite", device="usb")
+    for det in detector.detect("photo.jpg"):
+        print(det.label, det.score, det.box)
+
+The model's metadata (labels, input size and quantization, output layout) comes from the sidecar
+``<model>.json`` or, failing that, from the copy embedded in the .tflite by ``edge-yolov9 convert``.
+Pre-processing is the letterbox used in training and calibration; post-processing is the shared
+decoder and NMS, on the raw outputs: the score threshold is applied to the integers,
+so only candidate anchors are dequantized.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageError, ModelError
+from .interpreter import Backend, Device, RuntimeSetupError, find_backend, load_edgetpu_delegate, parse_device
+from .postprocess import PostprocessConfig, postprocess
+from .preprocess import as_rgb_array, letterbox, load_image
+from .tflite_file import TFLiteFile, read_tflite
+from .types import Box, Detection
+
+logger = logging.getLogger(__name__)
+
+METADATA_NAME = "edge_yolov9"
+EDGETPU_SUFFIX = "_edgetpu"
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor as the metadata describes it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    scale: float | None = None
+    zero_point: int | None = None
+    kind: str = ""      # outputs: "box" or "cls"
+    stride: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime needs to know about a model."""
+
+    labels: tuple[str, ...]
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    variant: str = "cpu"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.input.shape[1], self.input.shape[2]
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(o.stride for o in self.outputs if o.kind == "box")
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "ModelInfo":
+        def spec(entry: dict[str, Any]) -> TensorSpec:
+            return TensorSpec(entry["name"], entry["dtype"], tuple(entry["shape"]), entry.get("scale"),
+                              entry.get("zero_point"), entry.get("kind", ""), entry.get("stride", 0))
+
+        try:
+            return cls(tuple(meta["labels"]), spec(meta["input"]), tuple(spec(o) for o in meta["outputs"]),
+                       meta.get("variant", "cpu"))
+        except (KeyError, TypeError) as err:
+            raise ModelError(f"Model metadata is incomplete (missing {err})",
+                             "re-convert the model with `edge-yolov9 convert`") from None
+
+
+def read_model_info(path: Path, tflite: TFLiteFile) -> ModelInfo | None:
+    """Metadata from the sidecar json, else the copy embedded in the model; None when neither exists."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            return ModelInfo.from_metadata(json.loads(sidecar.read_text()))
+        except json.JSONDecodeError as err:
+            raise ModelError(f"{sidecar} is not valid JSON ({err})", "delete it to use the metadata embedded "
+                                                                      "in the model, or re-convert") from None
+    if METADATA_NAME in tflite.metadata:
+        return ModelInfo.from_metadata(json.loads(tflite.metadata[METADATA_NAME]))
+    return None
+
+
+def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInfo:
+    """Model info from the interpreter's tensors, for models without metadata: box outputs are
+    those with 64 channels (4 sides x 16 bins), strides follow from the spatial sizes."""
+    [inp] = interpreter.get_input_details()
+    size = int(inp["shape"][1])
+
+    def spec(d: dict, kind: str = "", stride: int = 0) -> TensorSpec:
+        scale, zero = d["quantization"]
+        quantized = np.dtype(d["dtype"]) != np.float32
+        return TensorSpec(d["name"], np.dtype(d["dtype"]).name, tuple(int(v) for v in d["shape"]),
+                          float(scale) if quantized else None, int(zero) if quantized else None, kind, stride)
+
+    outputs = []
+    for d in interpreter.get_output_details():
+        if len(d["shape"]) != 4:
+            raise ModelError(f"Output {d['name']} has shape {list(d['shape'])}, not a raw NHWC head map",
+                             "use a model converted by `edge-yolov9 convert`")
+        kind = "box" if d["shape"][3] == 64 else "cls"
+        outputs.append(spec(d, kind, size // int(d["shape"][1])))
+    outputs.sort(key=lambda o: (o.stride, o.kind))
+    num_classes = next(o.shape[3] for o in outputs if o.kind == "cls")
+    names = tuple(labels) if labels else tuple(f"class{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise ModelError(f"{len(names)} labels given for a model with {num_classes} classes", "pass matching labels")
+    return ModelInfo(names, spec(inp), tuple(outputs))
+
+
+def cpu_twin(path: Path) -> Path | None:
+    """``model_edgetpu.tflite`` -> ``model.tflite`` when it exists (the CPU model it was compiled from)."""
+    if path.stem.endswith(EDGETPU_SUFFIX):
+        twin = path.with_name(path.stem[: -len(EDGETPU_SUFFIX)] + path.suffix)
+        return twin if twin.is_file() else None
+    return None
+
+
+@dataclass
+class Timing:
+    """Milliseconds of the last ``detect`` call, by stage."""
+
+    preprocess: float = 0.0
+    invoke: float = 0.0
+    postprocess: float = 0.0
+
+
+@dataclass
+class Detector:
+    """A converted model ready to detect. See the module docstring.
+
+    Args:
+        model: path of a .tflite written by ``edge-yolov9 convert`` (or compiled from one).
+        device: 'auto' (Edge TPU when the model is compiled for it and one is present, else the CPU
+            twin), 'cpu', 'usb', 'usb:N', 'pci', 'pci:N'.
+        threads: CPU threads of the interpreter (default: all cores).
+        labels: class names, for a model without metadata.
+        score_threshold, iou_threshold, max_detections, classes: post-processing.
+    """
+
+    model: str | os.PathLike
+    device: str = "auto"
+    threads: int | None = None
+    labels: Sequence[str] | None = None
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    classes: Sequence[int] | None = None
+    backend: str | None = None
+    info: ModelInfo = field(init=False)
+    timing: Timing = field(init=False, default_factory=Timing)
+
+    def __post_init__(self) -> None:
+        path = Path(self.model)
+        requested = parse_device(self.device)
+        path, tflite = self._choose_model_file(path, requested)
+        self.model_path = path
+        self._backend: Backend = find_backend(self.backend)
+        delegates = []
+        if tflite.compiled_for_edgetpu:
+            tpu = requested if requested.wants_tpu else Device("tpu")
+            delegates.append(load_edgetpu_delegate(self._backend, tpu))
+            self.device_used = str(tpu)
+        else:
+            self.device_used = "cpu"
+        try:
+            self._interpreter = self._backend.interpreter(model_path=str(path), experimental_delegates=delegates or None,
+                                                          num_threads=self.threads or os.cpu_count())
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(f"The interpreter cannot load {path}: {err}",
+                             "re-convert the model with `edge-yolov9 convert`; if it was compiled for the Edge TPU, "
+                             "match libedgetpu to the compiler (see `edge-yolov9 doctor`)") from None
+        self.info = read_model_info(path, tflite) or infer_model_info(self._interpreter, self.labels)
+        if self.labels is not None and len(self.labels) == len(self.info.labels):
+            self.info = ModelInfo(tuple(self.labels), self.info.input, self.info.outputs, self.info.variant)
+        self._bind_tensors()
+        self._post = PostprocessConfig(self.score_threshold, self.iou_threshold, self.max_detections,
+                                       classes=tuple(self.classes) if self.classes is not None else None)
+
+    def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile]:
+        """The file to run: an Edge TPU model needs a TPU; without one ('auto' or 'cpu') its CPU twin runs."""
+        tflite = self._read(path)
+        if not tflite.compiled_for_edgetpu:
+            if requested.wants_tpu:
+                raise ModelError(f"{path} is a CPU model, not compiled for the Edge TPU (device {self.device!r})",
+                                 "compile it: edge-yolov9 convert --edgetpu ..., or use device='cpu'")
+            return path, tflite
+        if requested.kind in ("auto", "cpu"):
+            twin = cpu_twin(path)
+            try:
+                if requested.kind == "auto":
+                    load_edgetpu_delegate(find_backend(self.backend), Device("tpu"))
+                    return path, tflite
+            except RuntimeSetupError as err:
+                if twin is None:
+                    raise
+                logger.warning("No usable Edge TPU (%s); running the CPU model %s instead", err.problem, twin)
+            if twin is None:
+                raise ModelError(f"{path} is compiled for the Edge TPU and cannot run on the CPU",
+                                 f"use the CPU model it was compiled from (expected {path.stem[:-8] or 'model'}.tflite "
+                                 "beside it), or pass device='usb'/'pci'")
+            return twin, self._read(twin)
+        return path, tflite
+
+    @staticmethod
+    def _read(path: Path) -> TFLiteFile:
+        if not path.is_file():
+            raise ModelError(f"Model not found: {path}", "check the path; convert one with `edge-yolov9 convert`")
+        return read_tflite(path.read_bytes(), str(path))
+
+    def _bind_tensors(self) -> None:
+        """Interpreter tensor indices of the input and of each output, matched by name."""
+        [inp] = self._interpreter.get_input_details()
+        self._input_index = inp["index"]
+        self._input_dtype = np.dtype(inp["dtype"])
+        by_name = {d["name"]: d for d in self._interpreter.get_output_details()}
+        missing = [o.name for o in self.info.outputs if o.name not in by_name]
+        if missing:
+            raise ModelError(f"The model's outputs do not match its metadata (missing {missing})",
+                             "delete the stale sidecar .json or re-convert the model")
+        boxes = [o for o in self.info.outputs if o.kind == "box"]
+        classes = [o for o in self.info.outputs if o.kind == "cls"]
+        self._box_outputs = [(by_name[o.name]["index"], o.scale, o.zero_point) for o in sorted(boxes, key=lambda o: o.stride)]
+        self._cls_outputs = [(by_name[o.name]["index"], o.scale, o.zero_point) for o in sorted(classes, key=lambda o: o.stride)]
+        self._strides = tuple(sorted(o.stride for o in boxes))
+
+    # ------------------------------------------------------------------ detection
+
+    def _to_input(self, canvas: np.ndarray) -> np.ndarray:
+        spec = self.info.input
+        if self._input_dtype == np.float32:
+            return (canvas.astype(np.float32) * (1 / 255))[None]
+        scale, zero = spec.scale, spec.zero_point
+        if self._input_dtype == np.int8 and abs(scale * 255 - 1) < 1e-6 and zero == -128:
+            return (canvas ^ 0x80).view(np.int8)[None]  # pixel - 128, no arithmetic
+        if self._input_dtype == np.uint8 and abs(scale * 255 - 1) < 1e-6 and zero == 0:
+            return canvas[None]
+        info = np.iinfo(self._input_dtype)
+        quantized = np.round(canvas.astype(np.float32) / 255 / scale + zero)
+        return np.clip(quantized, info.min, info.max).astype(self._input_dtype)[None]
+
+    def _raw(self, outputs: list[tuple[int, float | None, int | None]]) -> tuple[list[np.ndarray], list | None]:
+        """Output maps as the interpreter holds them, and their (scale, zero point) when quantized."""
+        levels = [self._interpreter.get_tensor(index)[0] for index, _, _ in outputs]
+        quantized = outputs[0][1] is not None
+        return levels, [(scale, zero) for _, scale, zero in outputs] if quantized else None
+
+    def detect(self, image: ImageInput, *, bgr: bool = False) -> list[Detection]:
+        """Detections in ``image`` (a path, PIL image, or (H, W, 3) uint8 array; RGB unless ``bgr``),
+        boxes in the image's own pixels, best first."""
+        started = time.perf_counter()
+        rgb = self._as_rgb(image, bgr)
+        canvas, placement = letterbox(rgb, self.info.size)
+        self._interpreter.set_tensor(self._input_index, self._to_input(canvas))
+        preprocessed = time.perf_counter()
+        self._interpreter.invoke()
+        invoked = time.perf_counter()
+        box_levels, box_quant = self._raw(self._box_outputs)
+        cls_levels, cls_quant = self._raw(self._cls_outputs)
+        boxes, scores, class_ids = postprocess(box_levels, cls_levels, channels_last=True, config=self._post,
+                                               strides=self._strides, box_quant=box_quant, cls_quant=cls_quant)
+        boxes = placement.to_image(boxes)
+        labels = self.info.labels
+        detections = [Detection(Box(*map(float, b)), float(s), int(c), labels[c] if c < len(labels) else str(c))
+                      for b, s, c in zip(boxes, scores, class_ids)]
+        finished = time.perf_counter()
+        self.timing = Timing((preprocessed - started) * 1e3, (invoked - preprocessed) * 1e3, (finished - invoked) * 1e3)
+        return detections
+
+    @staticmethod
+    def _as_rgb(image: ImageInput, bgr: bool) -> np.ndarray:
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image)
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        if not isinstance(image, np.ndarray):
+            raise ImageError(f"Cannot detect in a {type(image).__name__}", "pass a path, a PIL image or a numpy array")
+        array = as_rgb_array(image)
+        return array[:, :, ::-1] if bgr else array
