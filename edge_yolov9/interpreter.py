@@ -174,6 +174,9 @@ def load_edgetpu_delegate(backend: Backend, device: Device):
     library = EDGETPU_LIBRARY.get(platform.system())
     if library is None:
         raise RuntimeSetupError(f"The Edge TPU runtime does not exist for {platform.system()}", "run on the CPU")
+    if libedgetpu_path() is None:
+        # Checked first: a failed load_delegate leaves a half-built Delegate whose __del__ raises.
+        raise RuntimeSetupError(f"The Edge TPU runtime ({library}) is not installed", INSTALL_LIBEDGETPU)
     try:
         return backend.module.load_delegate(library, device.delegate_options())
     except (ValueError, OSError, RuntimeError) as err:
