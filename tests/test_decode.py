@@ -99,3 +99,17 @@ def test_quantized_levels_give_the_same_detections_as_their_float_values():
     for a, b in zip(quantized, floats):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert sorted(quantized[2].tolist()) == [0, 1]  # class 2 filtered out, the others found
+
+
+def test_matrix_and_row_by_row_nms_agree(monkeypatch):
+    import edge_yolov9.nms as nms_module
+
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 200, (400, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (400, 2)).astype(np.float32)], 1)
+    scores = rng.random(400).astype(np.float32)
+    classes = rng.integers(0, 3, 400)
+    by_matrix = nms(boxes, scores, classes, iou_threshold=0.5, max_detections=50)
+    monkeypatch.setattr(nms_module, "MATRIX_LIMIT", 0)
+    by_rows = nms(boxes, scores, classes, iou_threshold=0.5, max_detections=50)
+    assert by_matrix.tolist() == by_rows.tolist() and len(by_matrix) == 50
