@@ -1,0 +1,130 @@
+"""Sub-commands of the ``convert`` package: ``convert`` (checkpoint -> int8 TFLite, optionally Edge TPU)
+and ``edgetpu`` (precheck / compile an existing .tflite). Heavy imports happen inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from edge_yolov9.cli import add_command
+from edge_yolov9.errors import MissingDependencyError
+
+from .calibration import DEFAULT_CALIBRATION_IMAGES
+
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  (edgetpu without --compile) the precheck fails
+  2  bad input or failed conversion: nothing was written
+  3  --edgetpu/--compile, but edgetpu_compiler is not installed: the CPU models are written and valid;
+     the message says how to install the compiler
+  4  --edgetpu/--compile: compilation failed, or ops would run on the CPU (unless --allow-cpu-ops);
+     everything is written, with the compiler's log and the per-op report"""
+
+
+# Loggers that warn at import time about GPU kernels (triton, CUDA extensions) and deprecations:
+# noise for a CPU conversion, shown only with --verbose.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+def _require(module: str, purpose: str, *, verbose: bool = False) -> None:
+    if not verbose:
+        for name in IMPORT_NOISE:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        __import__(module)
+    except ImportError:
+        raise MissingDependencyError(module, "convert", purpose) from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    _require("litert_torch", "Converting a model to TFLite", verbose=args.verbose)
+    from .pipeline import ConvertOptions, convert_checkpoint
+
+    result = convert_checkpoint(ConvertOptions(
+        checkpoint=args.model, imgsz=args.imgsz, calib=args.calib, out_dir=args.output,
+        calib_images=args.calib_images, uint8_io=args.uint8_io, edgetpu=args.edgetpu, compiler=args.compiler,
+        min_runtime_version=args.min_runtime_version, allow_cpu_ops=args.allow_cpu_ops))
+    print(f"Wrote {result.out_dir}/:")
+    for name, path in result.files.items():
+        print(f"  {name:<36} {path.stat().st_size / 2**20:8.2f} MiB")
+    image = result.metadata["input"]
+    print(f"int8 model input: {image['dtype']} {image['shape']} scale={image['scale']:.8g} "
+          f"zero_point={image['zero_point']}")
+    for out in result.metadata["outputs"]:
+        print(f"  output {out['position']}: {out['name']:<13} {out['dtype']} {out['shape']} "
+              f"scale={out['scale']:.6g} zero_point={out['zero_point']}")
+    print(result.precheck.render())
+    if result.compile is not None:
+        print(result.compile.report.render())
+    for note in result.notes:
+        print(f"note: {note}")
+    return int(result.exit_code)
+
+
+def _edgetpu(args: argparse.Namespace) -> int:
+    _require("ai_edge_litert", "Reading a TFLite model", verbose=args.verbose)
+    from .edgetpu import CompilerNotFoundError, ExitCode, compile_for_edgetpu, find_compiler, precheck
+    from .metadata import metadata_for_compiled, read_sidecar, write_sidecar
+    from .tflite_model import TFLiteModel
+
+    model = TFLiteModel.from_file(args.model)
+    report = precheck(model)
+    print(report.render())
+    if not args.compile:
+        return ExitCode.PRECHECK_FAILED if report.failed else ExitCode.OK
+    try:
+        compiler = find_compiler(args.compiler)
+    except CompilerNotFoundError as err:
+        if args.compiler is not None:
+            raise
+        print(f"note: {err}")
+        return ExitCode.COMPILER_MISSING
+    out_dir = args.output or args.model.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = compile_for_edgetpu(args.model, out_dir, compiler=compiler, min_runtime_version=args.min_runtime_version)
+    print(result.report.render())
+    source_metadata = read_sidecar(args.model)
+    if result.ok and source_metadata is not None:
+        compiled = TFLiteModel.from_file(result.compiled_model)
+        write_sidecar(result.compiled_model, metadata_for_compiled(source_metadata, compiled))
+    return result.exit_code(allow_cpu_ops=args.allow_cpu_ops)
+
+
+def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compiler", type=Path, help="path of edgetpu_compiler; PATH is searched without it")
+    parser.add_argument("--min-runtime-version", type=int, metavar="N",
+                        help="edgetpu_compiler -m: lowest Edge TPU runtime version the model must run on")
+    parser.add_argument("--allow-cpu-ops", action="store_true",
+                        help="exit 0 even if the compiler leaves some ops on the CPU")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    convert = add_command(
+        subparsers, "convert", _convert, help="convert a checkpoint to fully int8 TFLite (CPU and Edge TPU)",
+        description="Convert an edge-yolov9 checkpoint to a float and a fully int8 TFLite model (int8 weights and "
+                    "activations, integer NHWC input, six raw head outputs decoded on the host), calibrated on "
+                    "real images. Writes OUT/model_int8.tflite, model_float.tflite, a <model>.json sidecar for "
+                    "each (labels, input and output quantization) and the Edge TPU precheck report.\n\n"
+                    + EXIT_CODES)
+    convert.add_argument("--model", type=Path, required=True, help="edge-yolov9 checkpoint (.pt)")
+    convert.add_argument("--imgsz", type=int, default=320, help="square input size: 256..640 in steps of 32")
+    convert.add_argument("--calib", type=Path, required=True,
+                         help="calibration images: a folder (searched recursively) or a YOLO data.yaml (train split)")
+    convert.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                         help="use at most N calibration images, spread evenly over the sorted list")
+    convert.add_argument("--uint8-io", action="store_true",
+                         help="uint8 input and outputs (QUANTIZE ops at the edges) instead of int8")
+    convert.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
+    _add_compiler_options(convert)
+    convert.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+
+    edgetpu = add_command(
+        subparsers, "edgetpu", _edgetpu, help="check (and compile) a .tflite for the Coral Edge TPU",
+        description="Static Edge TPU precheck of a .tflite (exit 1 if it fails); with --compile, run "
+                    "edgetpu_compiler and report which ops map to the Edge TPU.\n\n" + EXIT_CODES)
+    edgetpu.add_argument("model", type=Path, help="int8 .tflite, e.g. OUT/model_int8.tflite")
+    edgetpu.add_argument("--compile", action="store_true", help="run edgetpu_compiler")
+    _add_compiler_options(edgetpu)
+    edgetpu.add_argument("-o", "--output", type=Path, help="folder for the compiled model (default: beside MODEL)")

@@ -1,0 +1,201 @@
+"""PyTorch deploy model -> float and fully int8 TFLite (litert-torch, PT2E static quantization).
+
+The exported graph is the GELAN main branch up to the **raw head tensors**: per level the box
+bins (4 * reg_max channels) and the class logits, six NHWC outputs. Decoding (DFL, anchors,
+sigmoid) stays on the host in the shared decoder. This keeps softmax, concatenated box+score
+tensors and layout transposes out of the graph (findings P4, P5, P7, P8): every output has its
+own quantization scale, and the int8 graph has nothing but int8 ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_yolov9.errors import EdgeYoloError, ModelError
+from train.models import YOLO
+from train.models.deploy import deploy_model
+
+from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+# Class logits are quantized on a fixed range, [-8, 7.94] (scale 1/16, zero point 0), instead of the
+# calibrated one: every score from 0.0003 to 0.9996 stays representable even when the calibration
+# images hold no confident detection (a calibrated range then ends at 0 and caps scores at 0.5, P7),
+# and 1/16 resolves scores near usual thresholds to about 0.01.
+CLS_LOGIT_QPARAMS = (1 / 16, 0)
+
+
+class ConversionError(EdgeYoloError):
+    """The converter produced something that is not the model it promises (a float op in the int8 graph...)."""
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One raw head output: pyramid level, its stride, ``box`` (4 * reg_max bins) or ``cls`` (logits)."""
+
+    name: str
+    level: int
+    stride: int
+    kind: str
+
+
+def output_specs(model: YOLO) -> list[OutputSpec]:
+    """The exported outputs, in graph order: box and cls of each level, finest level first."""
+    return [OutputSpec(f"{kind}_stride{stride}", level, stride, kind)
+            for level, stride in enumerate(model.strides) for kind in ("box", "cls")]
+
+
+class RawHeadOutputs(nn.Module):
+    """The deploy model with a flat tuple of raw outputs (box_0, cls_0, box_1, ...), as TFLite wants."""
+
+    def __init__(self, model: YOLO):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t for level in self.model(images).main for t in (level.box, level.cls))
+
+
+def prepare_for_export(model: YOLO) -> YOLO:
+    """The export form of a trained model (aux branch dropped, BN folded, graph rewrites), checked."""
+    if not isinstance(model, YOLO):
+        raise ModelError(f"Expected an edge-yolov9 detector, got {type(model).__name__}",
+                         "load it with train.checkpoint.load_checkpoint")
+    deployed = deploy_model(model, for_export=True)
+    leftovers = [name for name, _ in deployed.named_parameters() if name.startswith(("aux_", "aux."))]
+    if deployed.aux_layers is not None or deployed.aux_head is not None or leftovers:
+        raise ConversionError(f"The deploy model still has auxiliary-branch parameters: {leftovers[:5]}",
+                              "this is a bug in train.models.deploy; please report it")
+    return deployed
+
+
+def channels_last_module(model: YOLO) -> nn.Module:
+    """NHWC input and outputs, so the TFLite graph has no TRANSPOSE (P8)."""
+    import litert_torch
+
+    outputs = list(range(len(output_specs(model))))
+    return litert_torch.to_channel_last_io(RawHeadOutputs(model), args=[0], outputs=outputs).eval()
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """Hide litert-torch's progress bar and the native converter's chatter on stderr (hundreds of
+    lines); with --verbose both show. The chatter's tail is logged if the conversion fails."""
+    import litert_torch
+
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    previous = litert_torch.config.show_progress
+    litert_torch.config.show_progress = False
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except Exception:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            sink.seek(0)
+            tail = sink.read().decode("utf-8", "replace").strip().splitlines()[-20:]
+            if tail:
+                logger.error("Converter output before the failure:\n%s", "\n".join(tail))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            litert_torch.config.show_progress = previous
+
+
+def _sample_input(imgsz: int) -> torch.Tensor:
+    return torch.zeros(1, imgsz, imgsz, 3)
+
+
+def _finish(content: bytes, model: YOLO) -> TFLiteModel:
+    """Readable I/O names, Edge-TPU-era op versions, constants inlined (P2, P10)."""
+    tflite = TFLiteModel.from_bytes(content, source="converter output")
+    tflite.rename_io([INPUT_NAME], [spec.name for spec in output_specs(model)])
+    changes = tflite.normalize_for_edgetpu()
+    if changes:
+        logger.debug("Flatbuffer normalized for the Edge TPU compiler: %s", "; ".join(changes))
+    return TFLiteModel.from_bytes(tflite.to_bytes(), source="converted model")
+
+
+def convert_float(model: YOLO, imgsz: int) -> TFLiteModel:
+    """Float32 TFLite of a deploy model: NHWC float input in [0, 1], six float raw outputs."""
+    import litert_torch
+
+    with _quiet_converter(), torch.no_grad():
+        edge = litert_torch.convert(channels_last_module(model), (_sample_input(imgsz),))
+        content = edge.model_content()
+    return _finish(content, model)
+
+
+def convert_int8(model: YOLO, imgsz: int, calibration: Iterable[np.ndarray]) -> TFLiteModel:
+    """Fully int8 TFLite: int8 weights (per channel) and activations, int8 input fixed at scale 1/255,
+    zero point -128 (``pixel - 128``), six int8 raw outputs with their own scales.
+
+    ``calibration`` yields (1, H, W, 3) float inputs in [0, 1], letterboxed as at run time.
+    """
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from .quantizer import EdgeQuantizer
+
+    sample = (_sample_input(imgsz),)
+    fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model)) if spec.kind == "cls"}
+    quantizer = EdgeQuantizer(fixed_outputs=fixed)
+    with torch.no_grad():
+        with _quiet_converter():
+            prepared = prepare_pt2e(torch.export.export(channels_last_module(model), sample).module(), quantizer)
+        start, seen = time.monotonic(), 0
+        for image in calibration:
+            prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+            seen += 1
+        if seen == 0:
+            raise ConversionError("No calibration input was given", "pass --calib with representative images")
+        logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)
+        with _quiet_converter():
+            quantized = convert_pt2e(prepared, fold_quantize=False)
+            # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
+            edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            content = edge.model_content()
+    tflite = _finish(content, model)
+    check_fully_integer(tflite)
+    return tflite
+
+
+def non_integer_tensors(tflite: TFLiteModel) -> list[str]:
+    """Tensors that break a fully integer model: float anywhere, or non-int8/uint8 activations."""
+    bad = []
+    for tensor in tflite.tensors:
+        if tensor.dtype.startswith("float") or (not tensor.is_constant and tensor.dtype not in INTEGER_IO_DTYPES):
+            bad.append(f"{tensor.name} ({tensor.dtype})")
+    return bad
+
+
+def check_fully_integer(tflite: TFLiteModel) -> None:
+    """Raise if any float tensor or DEQUANTIZE survived quantization (a float island, P3/P6)."""
+    bad = non_integer_tensors(tflite)
+    dequantize = sum(1 for op in tflite.operators if op.name == "DEQUANTIZE")
+    if bad or dequantize:
+        raise ConversionError(f"The int8 model is not fully integer: {len(bad)} non-integer tensors "
+                              f"(e.g. {', '.join(bad[:3])}), {dequantize} DEQUANTIZE ops",
+                              "an op was left unquantized; this is a converter bug, please report it "
+                              "with the model config")

@@ -1,0 +1,190 @@
+"""``edge-yolov9 convert`` as a function: checkpoint -> OUT/ with the float and int8 models, their
+metadata, the Edge TPU precheck and (optionally) the compiled Edge TPU model.
+
+Everything is written to a staging folder inside OUT and moved into place only at the end, so a
+failed run leaves no file that looks like a good product. Exit codes (:class:`ExitCode`) tell a
+complete result from one where the Edge TPU step could not be done or maps ops to the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_yolov9.errors import EdgeYoloError, ModelError
+from train.models import YOLO
+
+from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration_set
+from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitCode, compile_for_edgetpu,
+                      find_compiler, precheck)
+from .export import convert_float, convert_int8, output_specs, prepare_for_export
+from .metadata import attach_metadata, build_metadata, file_sha256, metadata_for_compiled, write_sidecar
+from .tflite_model import TFLiteModel
+
+logger = logging.getLogger(__name__)
+
+MIN_IMGSZ, MAX_IMGSZ, IMGSZ_STEP = 256, 640, 32
+FLOAT_MODEL, INT8_MODEL = "model_float.tflite", "model_int8.tflite"
+PRECHECK_STEM = "model_int8_edgetpu_precheck"
+COMPILE_REPORT_STEM = "model_int8_edgetpu_compile"
+# Every file a run may write; ones a run does not write again are removed from OUT so none goes stale.
+PRODUCTS = (FLOAT_MODEL, "model_float.json", INT8_MODEL, "model_int8.json", f"{PRECHECK_STEM}.json",
+            f"{PRECHECK_STEM}.md", "model_int8_edgetpu.tflite", "model_int8_edgetpu.json", "model_int8_edgetpu.log",
+            "model_int8_edgetpu_compile.log", f"{COMPILE_REPORT_STEM}.json", f"{COMPILE_REPORT_STEM}.md")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    checkpoint: Path
+    imgsz: int
+    calib: Path
+    out_dir: Path
+    calib_images: int = DEFAULT_CALIBRATION_IMAGES
+    uint8_io: bool = False
+    edgetpu: bool = False
+    compiler: Path | None = None
+    min_runtime_version: int | None = None
+    allow_cpu_ops: bool = False
+
+
+@dataclass
+class ConvertResult:
+    out_dir: Path
+    files: dict[str, Path]
+    precheck: EdgeTpuReport
+    compile: CompileResult | None = None
+    exit_code: ExitCode = ExitCode.OK
+    notes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # of the int8 model
+
+
+def validate_imgsz(imgsz: int) -> int:
+    if not (MIN_IMGSZ <= imgsz <= MAX_IMGSZ and imgsz % IMGSZ_STEP == 0):
+        sizes = ", ".join(str(s) for s in range(MIN_IMGSZ, MAX_IMGSZ + 1, IMGSZ_STEP))
+        raise EdgeYoloError(f"Input size {imgsz} is not supported",
+                            f"use a multiple of {IMGSZ_STEP} from {MIN_IMGSZ} to {MAX_IMGSZ}: {sizes}")
+    return imgsz
+
+
+def _load_detector(checkpoint: Path) -> tuple[YOLO, list[str], dict[str, Any]]:
+    from train.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(checkpoint)
+    except ValueError as err:  # the weights do not fit the config the checkpoint claims
+        raise ModelError(f"{checkpoint} does not hold a loadable edge-yolov9 detector: {err}",
+                         "re-create the checkpoint (edge-yolov9 import / train)") from None
+
+
+@dataclass
+class _Staging:
+    """A hidden folder inside OUT; ``publish`` moves its files into OUT, ``discard`` removes all traces."""
+
+    out_dir: Path
+    created_out_dir: bool
+    path: Path
+
+    @classmethod
+    def open(cls, out_dir: Path) -> "_Staging":
+        created = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return cls(out_dir, created, Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir)))
+
+    def publish(self) -> dict[str, Path]:
+        written = {p.name for p in self.path.iterdir()}
+        for stale in set(PRODUCTS) - written:
+            (self.out_dir / stale).unlink(missing_ok=True)
+        files = {}
+        for name in sorted(written):
+            os.replace(self.path / name, self.out_dir / name)
+            files[name] = self.out_dir / name
+        self.path.rmdir()
+        return files
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.created_out_dir and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()
+
+
+def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
+    """Run the whole conversion; raises :class:`EdgeYoloError` (and writes nothing) on bad input."""
+    imgsz = validate_imgsz(options.imgsz)
+    if options.out_dir.exists() and not options.out_dir.is_dir():
+        raise EdgeYoloError(f"Output {options.out_dir} exists and is not a folder", "pass a folder with -o")
+    calibration = calibration_set(options.calib, imgsz, options.calib_images)
+    compiler, compiler_missing = None, None
+    if options.edgetpu:
+        try:
+            compiler = find_compiler(options.compiler)
+        except CompilerNotFoundError as err:
+            if options.compiler is not None:
+                raise  # an explicit --compiler that is wrong is a usage error
+            compiler_missing = err
+    model, labels, _ = _load_detector(options.checkpoint)
+    deployed = prepare_for_export(model)
+    logger.info("Converting %s (%d classes) at %dx%d, calibrating on %d images from %s", model.cfg.name,
+                len(labels), imgsz, imgsz, len(calibration.images), calibration.source)
+
+    staging = _Staging.open(options.out_dir)
+    try:
+        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler)
+        result.files = staging.publish()
+    except BaseException:
+        staging.discard()
+        raise
+    if result.compile is not None:  # point at the published files, not the staging folder
+        compiled = result.compile.compiled_model
+        result.compile.compiled_model = result.files[compiled.name] if compiled else None
+        result.compile.log_path = result.files[result.compile.log_path.name]
+    if compiler_missing is not None:
+        result.exit_code = ExitCode.COMPILER_MISSING
+        result.notes.append(str(compiler_missing))
+    return result
+
+
+def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: CalibrationSet,
+                  options: ConvertOptions, compiler: Path | None) -> ConvertResult:
+    describe = dict(model_name=deployed.cfg.name, labels=labels, imgsz=calibration.imgsz, strides=deployed.strides,
+                    reg_max=deployed.head.reg_max, outputs=output_specs(deployed), checkpoint=options.checkpoint,
+                    checkpoint_sha256=file_sha256(options.checkpoint))
+
+    logger.info("Converting to a float TFLite model")
+    float_model = convert_float(deployed, calibration.imgsz)
+    _save_with_metadata(float_model, folder / FLOAT_MODEL, build_metadata(float_model, variant="float", **describe))
+
+    logger.info("Quantizing to int8: calibration, then conversion")
+    int8_model = convert_int8(deployed, calibration.imgsz, calibration.inputs())
+    if options.uint8_io:
+        int8_model = int8_model.with_uint8_io()
+    int8_metadata = build_metadata(int8_model, variant="int8", calibration=calibration.to_dict(), **describe)
+    int8_path = _save_with_metadata(int8_model, folder / INT8_MODEL, int8_metadata)
+
+    report = precheck(TFLiteModel.from_bytes(int8_path.read_bytes(), source=INT8_MODEL))
+    report.save(folder / PRECHECK_STEM)
+    result = ConvertResult(options.out_dir, {}, report, metadata=int8_metadata)
+    if report.failed:
+        result.notes.append("The int8 model fails the Edge TPU precheck (it still runs on the CPU); "
+                            f"see {PRECHECK_STEM}.md")
+    if compiler is not None:
+        result.compile = compile_for_edgetpu(int8_path, folder, compiler=compiler,
+                                             min_runtime_version=options.min_runtime_version)
+        result.compile.report.model = INT8_MODEL
+        result.compile.report.save(folder / COMPILE_REPORT_STEM)
+        if result.compile.ok:
+            compiled = TFLiteModel.from_file(result.compile.compiled_model)
+            write_sidecar(result.compile.compiled_model, metadata_for_compiled(int8_metadata, compiled))
+        result.exit_code = result.compile.exit_code(allow_cpu_ops=options.allow_cpu_ops)
+    return result
+
+
+def _save_with_metadata(tflite: TFLiteModel, path: Path, metadata: dict[str, Any]) -> Path:
+    attach_metadata(tflite, metadata)
+    tflite.save(path)
+    write_sidecar(path, metadata)
+    return path

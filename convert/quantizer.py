@@ -1,0 +1,121 @@
+"""The PT2E quantizer of the int8 export: litert-torch's ``PT2EQuantizer`` plus what it misses.
+
+litert-torch 0.10 finds ops through ``source_fn_stack``, which torch 2.13's non-strict export no
+longer fills, so some ops are silently left in float and the converter wraps them in
+DEQUANTIZE/QUANTIZE (a float island the Edge TPU cannot run). Annotated here explicitly: the
+residual ``add``, ``avg_pool2d`` (AConv), ``cat``, and the fixed 1/256 output of ``sigmoid``/
+``softmax`` (TFLite's int8 kernels refuse anything else). The network input gets fixed
+quantization parameters, scale 1/255 and zero point -128, so the runtime feeds ``pixel - 128``
+without float math. Outputs can be given fixed quantization parameters too (the class logits are).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+from litert_torch.quantize.pt2e_quantizer_utils import (
+    get_fixed_qparams_qspec,
+    get_input_act_qspec,
+    get_output_act_qspec,
+    propagate_annotation,
+)
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    SharedQuantizationSpec,
+)
+
+aten = torch.ops.aten
+
+# Model input = pixel / 255 in [0, 1]; int8 q = round(x * 255) - 128 = pixel - 128 exactly.
+INPUT_SCALE = 1.0 / 255.0
+INPUT_ZERO_POINT = -128
+
+_LAYOUT_OPS = (aten.permute.default, aten.permute_copy.default)
+_FIXED_OUTPUT_OPS = (aten.sigmoid.default, aten.softmax.int, aten._softmax.default)
+
+
+def _annotated(node: Node) -> bool:
+    annotation = node.meta.get("quantization_annotation")
+    return annotation is not None and annotation._annotated
+
+
+def _annotate(node: Node, inputs: dict, output) -> None:
+    node.meta["quantization_annotation"] = QuantizationAnnotation(
+        input_qspec_map=inputs, output_qspec=output, _annotated=True)
+
+
+def _fixed(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
+    return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
+                                        quant_max=127, qscheme=torch.per_tensor_affine)
+
+
+class EdgeQuantizer(PT2EQuantizer):
+    """Static int8: per-channel symmetric weights, per-tensor affine activations, fixed-scale input.
+
+    ``fixed_outputs`` maps graph output positions to the (scale, zero point) they must have instead
+    of calibrated ones.
+    """
+
+    def __init__(self, fixed_outputs: Mapping[int, tuple[float, int]] | None = None) -> None:
+        super().__init__()
+        self.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        self.fixed_outputs = dict(fixed_outputs or {})
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        model = super().annotate(model)
+        self._annotate_missed_ops(model)
+        self._fix_input_qparams(model)
+        self._fix_output_qparams(model)
+        propagate_annotation(model)
+        return model
+
+    def _annotate_missed_ops(self, model: GraphModule) -> None:
+        config = self.global_config
+        for node in model.graph.nodes:
+            if node.op != "call_function" or _annotated(node):
+                continue
+            args = [a for a in node.args if isinstance(a, Node)]
+            if node.target == aten.add.Tensor and len(args) == 2:
+                _annotate(node, {a: get_input_act_qspec(config) for a in args}, get_output_act_qspec(config))
+            elif node.target == aten.avg_pool2d.default:
+                shared = SharedQuantizationSpec(args[0])
+                _annotate(node, {args[0]: shared}, shared)
+            elif node.target == aten.cat.default:
+                first, *rest = node.args[0]
+                shared = SharedQuantizationSpec((first, node))
+                _annotate(node, {first: get_input_act_qspec(config), **{a: shared for a in rest}}, shared)
+            elif node.target in _FIXED_OUTPUT_OPS:
+                _annotate(node, {args[0]: get_input_act_qspec(config)}, get_fixed_qparams_qspec(config))
+
+    @staticmethod
+    def _fix_input_qparams(model: GraphModule) -> None:
+        """Give every edge reading the graph input (through layout permutes) the fixed input qparams."""
+        fixed = _fixed(INPUT_SCALE, INPUT_ZERO_POINT)
+        frontier = [n for n in model.graph.nodes if n.op == "placeholder"]
+        while frontier:
+            node = frontier.pop()
+            for user in node.users:
+                annotation = user.meta.get("quantization_annotation")
+                if annotation is not None and node in annotation.input_qspec_map:
+                    annotation.input_qspec_map[node] = fixed
+                elif user.op == "call_function" and user.target in _LAYOUT_OPS:
+                    frontier.append(user)
+
+    def _fix_output_qparams(self, model: GraphModule) -> None:
+        """Set the output qspec of the op producing each fixed output (behind its layout permute)."""
+        if not self.fixed_outputs:
+            return
+        [output] = [n for n in model.graph.nodes if n.op == "output"]
+        results = output.args[0]
+        for position, (scale, zero_point) in self.fixed_outputs.items():
+            node = results[position]
+            while node.op == "call_function" and node.target in _LAYOUT_OPS:
+                node = node.args[0]
+            annotation = node.meta.get("quantization_annotation")
+            if annotation is None or annotation.output_qspec is None:
+                raise ValueError(f"Output {position} ({node.name}) is not produced by a quantized op")
+            annotation.output_qspec = _fixed(scale, zero_point)

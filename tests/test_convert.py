@@ -1,0 +1,435 @@
+"""End to end: ``edge-yolov9 convert`` on a real trained checkpoint, and what the int8 graph must (not) contain.
+
+Conversions are slow (1-2 min each on 2 cores), so each runs once per test session, shared across
+pytest-xdist workers through a file lock: the CLI on a real YOLOv9-T (imported from Ultralytics,
+1 class) at 320, and the int8 conversion alone of a shallower GELAN-T at 416. Each finding of the
+toolchain notes (P2-P12) has a check here or in test_convert_tflite.py / test_edgetpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from ai_edge_litert.interpreter import Interpreter
+from filelock import FileLock
+
+from convert.edgetpu import precheck
+from convert.metadata import embedded_metadata, file_sha256
+from convert.tflite_model import TFLiteModel
+from edge_yolov9.cli import main
+from edge_yolov9.postprocess import PostprocessConfig, postprocess
+from edge_yolov9.preprocess import letterbox, load_image
+from test_edgetpu import ALL_MAPPED_LOG, CPU_OPS_LOG, fake_compiler
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.models import create_model
+from train.models.deploy import deploy_model
+
+INT8_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC", "MUL", "ADD", "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD",
+            "QUANTIZE", "RESIZE_NEAREST_NEIGHBOR"}
+OUTPUT_NAMES = ["box_stride8", "cls_stride8", "box_stride16", "cls_stride16", "box_stride32", "cls_stride32"]
+
+
+def shared_artifact(tmp_path_factory, name: str, produce: Callable[[Path], None]) -> Path:
+    """``produce(folder)`` once per session, even with several xdist workers (file lock + done marker)."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    folder = root / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            produce(folder)
+            (folder / ".done").touch()
+    return folder
+
+
+def trained_like(imgs: list[Path], **overrides) -> torch.nn.Module:
+    """A random GELAN-T with BatchNorm statistics estimated on real images (realistic activation ranges)."""
+    torch.manual_seed(0)
+    model = create_model("gelan-t", num_classes=80, **overrides)
+    batch = torch.stack([torch.from_numpy(letterbox(load_image(p), 256)[0]).permute(2, 0, 1) for p in imgs]) / 255
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batch
+    with torch.no_grad():
+        model.train()(batch)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ball_checkpoint(tmp_path_factory, ultralytics_t_checkpoint) -> Path:
+    """A real trained YOLOv9-T (1 class, 'ball'; depthwise class branch), imported into our format."""
+    def produce(folder: Path) -> None:
+        assert main(["import", str(ultralytics_t_checkpoint), "-o", str(folder / "ball.pt")]) == 0
+
+    return shared_artifact(tmp_path_factory, "convert-ball-checkpoint", produce) / "ball.pt"
+
+
+@pytest.fixture(scope="session")
+def conversions(tmp_path_factory, ball_checkpoint, coco128) -> Path:
+    """Two ``edge-yolov9 convert --edgetpu`` runs, side by side in subprocesses (one core each), with no
+    edgetpu_compiler on PATH: ``320/`` the real model with int8 I/O; ``416/`` a shallower GELAN-T
+    (csp_depth 1: the same ops, faster to convert; 80 classes) with --uint8-io, calibrated from a data.yaml."""
+    def produce(folder: Path) -> None:
+        imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
+        save_checkpoint(folder / "shallow-t.pt", trained_like(imgs, csp_depth=1), [f"class{i}" for i in range(80)])
+        (folder / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nnames: [a]\n")
+        runs = {
+            "320": ["--model", str(ball_checkpoint), "--imgsz", "320", "--calib", str(coco128 / "images" / "train2017"),
+                    "--calib-images", "16"],
+            "416": ["--model", str(folder / "shallow-t.pt"), "--imgsz", "416", "--calib", str(folder / "data.yaml"),
+                    "--calib-images", "4", "--uint8-io"],
+        }
+        env = {**os.environ, "PATH": str(folder / "no-compiler-here"), "OMP_NUM_THREADS": "1"}
+        processes = {}
+        for name, args in runs.items():
+            (folder / name).mkdir()
+            log = open(folder / name / "stdout.txt", "w")
+            processes[name] = (log, subprocess.Popen(
+                [sys.executable, "-m", "edge_yolov9.cli", "convert", *args, "--edgetpu", "-o", str(folder / name / "out")],
+                stdout=log, stderr=subprocess.STDOUT, env=env))
+        for name, (log, process) in processes.items():
+            (folder / name / "exit_code").write_text(str(process.wait(timeout=900)))
+            log.close()
+
+    return shared_artifact(tmp_path_factory, "convert-runs", produce)
+
+
+@pytest.fixture(scope="session")
+def out320(conversions) -> Path:
+    return conversions / "320"
+
+
+@pytest.fixture(scope="session")
+def out416(conversions) -> Path:
+    return conversions / "416"
+
+
+# Images of coco128 on which the 'ball' model has confident detections (sports balls).
+CONFIDENT_IMAGES = ("000000000078.jpg", "000000000142.jpg")
+
+
+def images(folder: Path, size: int, count: int = 4, names: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """Letterboxed uint8 canvases of real images (the named ones, else the first ``count``)."""
+    paths = [folder / name for name in names] if names else sorted(folder.glob("**/*.jpg"))[:count]
+    return [letterbox(load_image(p), size)[0] for p in paths]
+
+
+def invoke(path: Path, image: np.ndarray) -> list[np.ndarray]:
+    """Raw outputs in graph order, dequantized to float when the model is integer."""
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    if detail["dtype"] == np.float32:
+        value = image.astype(np.float32) / 255
+    else:
+        scale, zero_point = detail["quantization"]
+        value = np.round(image / 255 / scale + zero_point).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], value[None])
+    interpreter.invoke()
+    outputs = []
+    for d in interpreter.get_output_details():
+        raw = interpreter.get_tensor(d["index"])[0]
+        scale, zero_point = d["quantization"]
+        outputs.append((raw.astype(np.float32) - zero_point) * scale if scale else raw)
+    return outputs
+
+
+def detections(outputs: list[np.ndarray]):
+    return postprocess(outputs[0::2], outputs[1::2], channels_last=True, config=PostprocessConfig(score_threshold=0.3))
+
+
+# ------------------------------------------------------------------------------------- the CLI run
+def test_convert_writes_the_products_and_explains_the_missing_compiler(out320):
+    """--edgetpu without a compiler: the CPU models and the precheck are written, the install steps
+    printed, exit code 3."""
+    stdout = (out320 / "stdout.txt").read_text()
+    assert (out320 / "exit_code").read_text() == "3", stdout
+    assert {p.name for p in (out320 / "out").iterdir()} == {
+        "model_float.tflite", "model_float.json", "model_int8.tflite", "model_int8.json",
+        "model_int8_edgetpu_precheck.json", "model_int8_edgetpu_precheck.md"}
+    assert "int8 model input: int8 [1, 320, 320, 3] scale=0.0039215689 zero_point=-128" in stdout
+    assert "Edge TPU precheck: model_int8.tflite: PASS" in stdout
+    assert "coral-edgetpu-stable main" in stdout and "sudo apt-get install edgetpu-compiler" in stdout
+
+
+def test_int8_graph_is_fully_integer_and_edgetpu_shaped(out320):
+    model = TFLiteModel.from_file(out320 / "out" / "model_int8.tflite")
+    ops = model.op_counts()
+    names = {name for name, _ in ops}
+    assert names <= INT8_OPS, f"unexpected ops {names - INT8_OPS}"  # no SOFTMAX/DEQUANTIZE (P4/P5/P6)
+    assert not names & {"TRANSPOSE", "RESHAPE", "SLICE", "SPLIT", "SOFTMAX", "DEQUANTIZE"}  # P8, P12
+    assert {version for name, version in ops if name == "CONV_2D"} == {3}, "CONV_2D v6 (grouped) is rejected"
+    assert ops[("QUANTIZE", 1)] <= 4, "many requantizations mean an op escaped annotation"
+    assert {t.dtype for t in model.tensors} == {"int8", "int32"}  # no float island (P3)
+    assert all(t.is_constant for t in model.tensors if t.dtype == "int32")
+    assert model.offset_buffers == 0 and model.subgraph_count == 1  # P2
+    for op in model.operators:
+        if op.name == "LOGISTIC":
+            assert model.tensor(op.outputs[0]).quantization == (pytest.approx(1 / 256), -128)  # P5
+        if op.name == "RESIZE_NEAREST_NEIGHBOR":
+            assert not op.options.halfPixelCenters and op.version == 2  # P10
+
+
+def test_int8_io_quantization(out320):
+    """Input fixed at 1/255, -128 (feed pixel - 128); six NHWC outputs with their own quantization,
+    class logits on the fixed range [-8, 7.94] (P7)."""
+    model = TFLiteModel.from_file(out320 / "out" / "model_int8.tflite")
+    [image] = model.inputs
+    assert (image.name, image.dtype, image.shape) == ("images", "int8", (1, 320, 320, 3))
+    assert image.quantization == (np.float32(1 / 255), -128)
+    assert [t.name for t in model.outputs] == OUTPUT_NAMES
+    assert [t.shape for t in model.outputs] == [(1, 40, 40, 64), (1, 40, 40, 1), (1, 20, 20, 64),
+                                                (1, 20, 20, 1), (1, 10, 10, 64), (1, 10, 10, 1)]
+    assert all(t.dtype == "int8" for t in model.outputs)
+    assert {t.quantization for t in model.outputs[1::2]} == {(1 / 16, 0)}
+    assert len({t.quantization for t in model.outputs[0::2]}) == 3
+
+
+def test_float_tflite_matches_pytorch(out320, ball_checkpoint, coco_val158):
+    model, _, _ = load_checkpoint(ball_checkpoint)
+    deployed = deploy_model(model, for_export=True)
+    for canvas in images(coco_val158, 320, count=2):
+        with torch.no_grad():
+            levels = deployed(torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255).main
+        expected = [t[0].permute(1, 2, 0).numpy() for level in levels for t in (level.box, level.cls)]
+        for got, want in zip(invoke(out320 / "out" / "model_float.tflite", canvas), expected, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-3 * max(1.0, np.abs(want).max()))
+
+
+def test_int8_outputs_track_the_float_model(out320, coco128):
+    """On images with real detections the dequantized int8 outputs follow the float model's: high
+    correlation, small mean error in units of each output's scale, and the same top detection,
+    still confident (P7)."""
+    model = TFLiteModel.from_file(out320 / "out" / "model_int8.tflite")
+    scales = [t.quantization[0] for t in model.outputs]
+    for canvas in images(coco128 / "images" / "train2017", 320, names=CONFIDENT_IMAGES):
+        ref = invoke(out320 / "out" / "model_float.tflite", canvas)
+        got = invoke(out320 / "out" / "model_int8.tflite", canvas)
+        for k, (r, g, scale) in enumerate(zip(ref, got, scales)):
+            r = np.maximum(r, -8) if k % 2 else r  # the class logits' fixed range starts at -8
+            assert np.abs(r - g).mean() / scale < 3
+            if r.max() > -7:  # some signal above the clipped floor
+                assert np.corrcoef(r.ravel(), g.ravel())[0, 1] > 0.9
+        ref_boxes, ref_scores, _ = detections(ref)
+        boxes, scores, _ = detections(got)
+        assert ref_scores[0] > 0.75 and scores[0] > 0.6
+        np.testing.assert_allclose(boxes[0], ref_boxes[0], atol=4)
+
+
+def test_runtime_needs_nothing_but_the_sidecar(out320, coco128):
+    """Feed ``pixel - 128`` (no float math) and dequantize from the JSON alone, as the Pi runtime will."""
+    path = out320 / "out" / "model_int8.tflite"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["input"]["scale"] * 255 == pytest.approx(1) and meta["input"]["zero_point"] == -128
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    [canvas] = images(coco128 / "images" / "train2017", meta["input"]["size"][0], names=CONFIDENT_IMAGES[:1])
+    interpreter.set_tensor(meta["input"]["index"], (canvas.astype(np.int16) - 128).astype(np.int8)[None])
+    interpreter.invoke()
+    levels = {(o["kind"], o["level"]): (interpreter.get_tensor(o["index"])[0].astype(np.float32) - o["zero_point"])
+              * o["scale"] for o in meta["outputs"]}
+    boxes, scores, ids = postprocess([levels["box", i] for i in range(3)], [levels["cls", i] for i in range(3)],
+                                     channels_last=True, strides=meta["strides"],
+                                     config=PostprocessConfig(score_threshold=0.3))
+    assert len(boxes) > 0 and meta["labels"][ids[0]] == "ball"
+    np.testing.assert_array_equal(boxes, detections(invoke(path, canvas))[0])
+
+
+def test_uint8_io_variant_matches_int8(out320, coco128):
+    """P9: uint8 I/O via QUANTIZE edges gives the same values after dequantization."""
+    int8_path = out320 / "out" / "model_int8.tflite"
+    uint8_path = out320 / "model_uint8io.tflite"
+    TFLiteModel.from_file(int8_path).with_uint8_io().save(uint8_path)
+    [canvas] = images(coco128 / "images" / "train2017", 320, names=CONFIDENT_IMAGES[:1])
+    for a, b in zip(invoke(int8_path, canvas), invoke(uint8_path, canvas), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_edgetpu_normalization_does_not_change_results(out320, coco128):
+    """P10: the half_pixel_centers=False / v2 upsample equals the converter's original v3 one."""
+    normalized = out320 / "out" / "model_int8.tflite"
+    original = TFLiteModel.from_file(normalized)
+    for op in original.operators:
+        if op.name == "RESIZE_NEAREST_NEIGHBOR":
+            op.options.halfPixelCenters = True
+    original.save(out320 / "model_hpc.tflite")
+    [canvas] = images(coco128 / "images" / "train2017", 320, names=CONFIDENT_IMAGES[:1])
+    for a, b in zip(invoke(normalized, canvas), invoke(out320 / "model_hpc.tflite", canvas), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_precheck_passes_int8_and_fails_float_with_reasons(out320):
+    saved = json.loads((out320 / "out" / "model_int8_edgetpu_precheck.json").read_text())
+    assert saved["verdict"] == "PASS", saved
+    assert {row["op"] for row in saved["ops"]} <= INT8_OPS
+    assert 1.5e6 < saved["summary"]["parameter_bytes"] < 8 * 2**20
+    report = precheck(TFLiteModel.from_file(out320 / "out" / "model_float.tflite"))
+    assert report.verdict == "FAIL"
+    assert all(row.status == "FAIL" and "float32 tensor" in row.reason for row in report.ops)
+    assert {c.name for c in report.checks if c.status == "FAIL"} == {"input dtype", "output dtype"}
+
+
+def test_metadata_is_complete(out320, ball_checkpoint):
+    out = out320 / "out"
+    meta = json.loads((out / "model_int8.json").read_text())
+    assert meta["model"] == "gelan-t" and meta["variant"] == "int8"
+    assert meta["labels"] == ["ball"] and meta["num_classes"] == 1
+    assert meta["strides"] == [8, 16, 32] and meta["reg_max"] == 16
+    assert meta["input"]["dtype"] == "int8" and meta["input"]["layout"] == "NHWC" and meta["input"]["size"] == [320, 320]
+    assert meta["source"]["sha256"] == file_sha256(ball_checkpoint)
+    assert meta["calibration"]["images"] == 16
+    assert meta["converter"]["litert-torch"] and meta["converter"]["torch"]
+    interpreter = Interpreter(model_path=str(out / "model_int8.tflite"))
+    assert [(o["position"], o["level"], o["kind"]) for o in meta["outputs"]] == [
+        (k, k // 2, ("box", "cls")[k % 2]) for k in range(6)]
+    for entry, detail in zip(meta["outputs"], interpreter.get_output_details(), strict=True):
+        assert (entry["index"], entry["name"], tuple(entry["shape"])) == (detail["index"], detail["name"],
+                                                                          tuple(detail["shape"]))
+        assert (entry["scale"], entry["zero_point"]) == pytest.approx(detail["quantization"])
+    assert embedded_metadata(TFLiteModel.from_file(out / "model_int8.tflite")) == meta
+    float_meta = json.loads((out / "model_float.json").read_text())
+    assert float_meta["input"]["dtype"] == "float32" and float_meta["input"]["scale"] is None
+
+
+def test_416_with_uint8_io(out416, coco128):
+    """Another size; --uint8-io feeds raw pixels (scale 1/255, zero point 0); calibration from a data.yaml."""
+    assert (out416 / "exit_code").read_text() == "3", (out416 / "stdout.txt").read_text()
+    path = out416 / "out" / "model_int8.tflite"
+    model = TFLiteModel.from_file(path)
+    [image] = model.inputs
+    assert (image.dtype, image.shape, image.quantization) == ("uint8", (1, 416, 416, 3), (np.float32(1 / 255), 0))
+    assert [t.shape for t in model.outputs] == [(1, 52, 52, 64), (1, 52, 52, 80), (1, 26, 26, 64),
+                                                (1, 26, 26, 80), (1, 13, 13, 64), (1, 13, 13, 80)]
+    assert {t.dtype for t in model.outputs} == {"uint8"} and model.op_counts()[("QUANTIZE", 1)] >= 7
+    assert precheck(model).verdict == "PASS"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["input"]["dtype"] == "uint8" and meta["calibration"]["images"] == 4
+    [canvas] = images(coco128 / "images" / "train2017", 416, count=1)
+    assert all(np.isfinite(o).all() for o in invoke(path, canvas))
+
+
+# ------------------------------------------------------------------------------------- compile step
+@pytest.fixture
+def fast_pipeline(monkeypatch, out320):
+    """The pipeline with the converters replaced by the models converted once for this session."""
+    import convert.pipeline
+
+    out = out320 / "out"
+    monkeypatch.setattr(convert.pipeline, "convert_float", lambda *a: TFLiteModel.from_file(out / "model_float.tflite"))
+    monkeypatch.setattr(convert.pipeline, "convert_int8", lambda *a: TFLiteModel.from_file(out / "model_int8.tflite"))
+
+
+@pytest.mark.parametrize("log, extra, code", [
+    (ALL_MAPPED_LOG, ["--uint8-io"], 0),
+    (CPU_OPS_LOG, [], 4),
+    (CPU_OPS_LOG, ["--allow-cpu-ops"], 0),
+])
+def test_convert_with_the_compiler(tmp_path, fast_pipeline, ball_checkpoint, coco128, capsys, log, extra, code):
+    compiler = fake_compiler(tmp_path / "bin", log)
+    out = tmp_path / "out"
+    assert main(["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "--calib-images", "1",
+                 "--edgetpu", "--compiler", str(compiler), *extra, "-o", str(out)]) == code
+    assert "Edge TPU edgetpu_compiler 16.0.384591198: model_int8.tflite" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"model_int8_edgetpu.tflite", "model_int8_edgetpu.json", "model_int8_edgetpu.log",
+            "model_int8_edgetpu_compile.log", "model_int8_edgetpu_compile.json", "model_int8_edgetpu_compile.md"} <= names
+    report = json.loads((out / "model_int8_edgetpu_compile.json").read_text())
+    assert report["model"] == "model_int8.tflite" and report["summary"]["ops_on_cpu"] == (50 if log == CPU_OPS_LOG else 0)
+    compiled = json.loads((out / "model_int8_edgetpu.json").read_text())
+    assert compiled["variant"] == "edgetpu" and [o["name"] for o in compiled["outputs"]] == OUTPUT_NAMES
+    expected_dtype = "uint8" if "--uint8-io" in extra else "int8"
+    assert compiled["input"]["dtype"] == expected_dtype
+    assert TFLiteModel.from_file(out / "model_int8.tflite").inputs[0].dtype == expected_dtype
+
+
+def test_a_new_run_removes_stale_products(tmp_path, fast_pipeline, ball_checkpoint, coco128):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_int8_edgetpu.tflite").write_bytes(b"from an earlier run")
+    (out / "my_notes.txt").write_text("not ours")
+    assert main(["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "--calib-images", "1",
+                 "-o", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "model_int8_edgetpu.tflite" not in names and "my_notes.txt" in names and "model_int8.tflite" in names
+    assert not [n for n in names if n.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------- bad input
+def cli_fails(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_empty_calibration_folder_fails_before_writing(tmp_path, ball_checkpoint, capsys):
+    (tmp_path / "calib").mkdir()
+    err = cli_fails(["convert", "--model", str(ball_checkpoint), "--calib", str(tmp_path / "calib"),
+                     "-o", str(tmp_path / "out")], capsys)
+    assert str(tmp_path / "calib") in err and "fix:" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("imgsz", ["300", "672"])
+def test_bad_input_size_fails(tmp_path, ball_checkpoint, coco128, capsys, imgsz):
+    err = cli_fails(["convert", "--model", str(ball_checkpoint), "--imgsz", imgsz,
+                     "--calib", str(coco128), "-o", str(tmp_path / "out")], capsys)
+    assert f"Input size {imgsz} is not supported" in err and not (tmp_path / "out").exists()
+
+
+def test_checkpoints_that_are_not_ours_fail(tmp_path, coco128, capsys):
+    torch.save({"model": {"conv.weight": torch.zeros(1)}, "epoch": 3}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    save_checkpoint(tmp_path / "mismatch.pt", create_model("gelan-t", num_classes=2), ["a", "b"])
+    payload = torch.load(tmp_path / "mismatch.pt", weights_only=True)
+    payload["config"]["base_width"] = 32  # claims gelan-s widths, holds gelan-t weights
+    torch.save(payload, tmp_path / "mismatch.pt")
+    for name, message in (("foreign.pt", "not an edge-yolov9 checkpoint"), ("text.pt", "not an edge-yolov9 checkpoint"),
+                          ("mismatch.pt", "does not hold a loadable edge-yolov9 detector")):
+        err = cli_fails(["convert", "--model", str(tmp_path / name), "--calib", str(coco128),
+                         "--calib-images", "1", "-o", str(tmp_path / "out")], capsys)
+        assert message in err, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_fails(tmp_path, ball_checkpoint, coco128, capsys):
+    (tmp_path / "out").write_text("a file")
+    err = cli_fails(["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "-o", str(tmp_path / "out")],
+                    capsys)
+    assert "is not a folder" in err and (tmp_path / "out").read_text() == "a file"
+
+
+def test_wrong_compiler_path_fails_before_converting(tmp_path, ball_checkpoint, coco128, capsys):
+    err = cli_fails(["convert", "--model", str(ball_checkpoint), "--calib", str(coco128),
+                     "--edgetpu", "--compiler", str(tmp_path / "nope"), "-o", str(tmp_path / "out")], capsys)
+    assert "not an executable file" in err and not (tmp_path / "out").exists()
+
+
+def test_a_failed_conversion_leaves_no_partial_output(tmp_path, ball_checkpoint, coco128, monkeypatch, capsys):
+    """The staging folder goes away; files already in OUT are left as they were; a new OUT is removed."""
+    import convert.pipeline
+    from convert.export import ConversionError
+
+    def broken(*args, **kwargs):
+        raise ConversionError("the converter failed", "report it")
+
+    monkeypatch.setattr(convert.pipeline, "convert_float", broken)
+    args = ["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "--calib-images", "1"]
+    assert "the converter failed" in cli_fails([*args, "-o", str(tmp_path / "new")], capsys)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model_int8.tflite").write_bytes(b"an earlier good model")
+    cli_fails([*args, "-o", str(tmp_path / "old")], capsys)
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["model_int8.tflite"]
+    assert (tmp_path / "old" / "model_int8.tflite").read_bytes() == b"an earlier good model"

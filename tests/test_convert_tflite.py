@@ -1,0 +1,333 @@
+"""Flatbuffer tools, the quantizer's annotations, calibration input: fast tests, no conversion.
+
+The hand-built tiny models here (``int8_add_model``...) are shared with test_edgetpu.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
+
+from convert.tflite_model import TFLiteModel
+from edge_yolov9.errors import EdgeYoloError, ModelError
+
+DTYPES = {"int8": (schema.TensorType.INT8, np.int8), "uint8": (schema.TensorType.UINT8, np.uint8),
+          "int32": (schema.TensorType.INT32, np.int32), "float32": (schema.TensorType.FLOAT32, np.float32)}
+
+
+@dataclass
+class T:
+    """A tensor: name, dtype, shape, optional (scale, zero point), optional constant data."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    quant: tuple[float, int] | None = None
+    data: np.ndarray | None = None
+
+
+def build(tensors: list[T], ops: list[tuple[str, int, list[int], list[int], object]],
+          inputs: list[int], outputs: list[int]) -> bytes:
+    """Serialize a one-subgraph model; ``ops`` are (name, version, input indices, output indices, options)."""
+    model = schema.ModelT()
+    model.version = 3
+    model.buffers = [schema.BufferT()]
+    graph = schema.SubGraphT()
+    graph.tensors = []
+    for spec in tensors:
+        tensor = schema.TensorT()
+        tensor.name, tensor.shape = spec.name, list(spec.shape)
+        tensor.type = DTYPES[spec.dtype][0]
+        tensor.buffer = 0
+        if spec.data is not None:
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(np.asarray(spec.data, DTYPES[spec.dtype][1]).tobytes(), np.uint8).copy()
+            model.buffers.append(buffer)
+            tensor.buffer = len(model.buffers) - 1
+        if spec.quant is not None:
+            tensor.quantization = schema.QuantizationParametersT()
+            tensor.quantization.scale = [spec.quant[0]]
+            tensor.quantization.zeroPoint = [spec.quant[1]]
+        graph.tensors.append(tensor)
+    model.operatorCodes, graph.operators = [], []
+    for name, version, op_inputs, op_outputs, options in ops:
+        code = schema.OperatorCodeT()
+        code.builtinCode = getattr(schema.BuiltinOperator, name)
+        code.deprecatedBuiltinCode = min(code.builtinCode, 127)
+        code.version = version
+        model.operatorCodes.append(code)
+        op = schema.OperatorT()
+        op.opcodeIndex = len(model.operatorCodes) - 1
+        op.inputs, op.outputs = op_inputs, op_outputs
+        if options is not None:
+            op.builtinOptionsType = getattr(schema.BuiltinOptions, type(options).__name__[:-1])
+            op.builtinOptions = options
+        graph.operators.append(op)
+    graph.inputs, graph.outputs = inputs, outputs
+    model.subgraphs = [graph]
+    signature = schema.SignatureDefT()
+    signature.signatureKey = "serving_default"
+    signature.inputs, signature.outputs = [], []
+    for indices, maps in ((inputs, signature.inputs), (outputs, signature.outputs)):
+        for index in indices:
+            tensor_map = schema.TensorMapT()
+            tensor_map.name, tensor_map.tensorIndex = tensors[index].name, index
+            maps.append(tensor_map)
+    model.signatureDefs = [signature]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def int8_add_model(add_version: int = 2) -> bytes:
+    """images int8 [1,4,4,3] (1/255, -128) + constant -> int8 output; runs in any TFLite interpreter."""
+    return build(
+        [T("images", "int8", (1, 4, 4, 3), (1 / 255, -128)),
+         T("offset", "int8", (1, 1, 1, 3), (1 / 255, -128), np.array([[[[10, -20, 30]]]])),
+         T("out", "int8", (1, 4, 4, 3), (2 / 255, -128))],
+        [("ADD", add_version, [0, 1], [2], None)], inputs=[0], outputs=[2])
+
+
+def float_add_model() -> bytes:
+    return build(
+        [T("images", "float32", (1, 4, 4, 3)), T("offset", "float32", (1, 1, 1, 3), data=np.ones((1, 1, 1, 3))),
+         T("out", "float32", (1, 4, 4, 3))],
+        [("ADD", 1, [0, 1], [2], None)], inputs=[0], outputs=[2])
+
+
+def with_offset_buffers(content: bytes) -> bytes:
+    """The same model with every constant stored after the flatbuffer (Buffer.offset/size), as
+    ai-edge-quantizer and large-model converters write it (finding P2)."""
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    blobs = []
+    for buffer in model.buffers:
+        if buffer.data is not None and len(buffer.data):
+            blobs.append((buffer, bytes(buffer.data)))
+            buffer.data, buffer.offset, buffer.size = None, 1, len(blobs[-1][1])  # placeholders reserve the fields
+    head = flatbuffer_utils.convert_object_to_bytearray(model)
+    position, tail = -(-len(head) // 16) * 16, b""
+    for buffer, blob in blobs:
+        buffer.offset = position + len(tail)
+        tail += blob + b"\0" * (-len(blob) % 16)
+    head = flatbuffer_utils.convert_object_to_bytearray(model)
+    assert len(head) <= position, "re-serialization changed the flatbuffer size"
+    return bytes(head) + b"\0" * (position - len(head)) + tail
+
+
+def run(content: bytes, image: np.ndarray) -> list[np.ndarray]:
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+
+PIXELS = np.random.default_rng(0).integers(0, 256, (1, 4, 4, 3))
+
+
+# ------------------------------------------------------------------------------------- reading
+def test_reads_ops_tensors_and_quantization():
+    model = TFLiteModel.from_bytes(int8_add_model())
+    assert model.op_counts() == {("ADD", 2): 1}
+    assert model.subgraph_count == 1 and model.offset_buffers == 0
+    [image] = model.inputs
+    assert (image.name, image.dtype, image.shape) == ("images", "int8", (1, 4, 4, 3))
+    assert image.quantization == (pytest.approx(1 / 255), -128) and not image.is_constant
+    assert model.tensor(1).is_constant and model.parameter_bytes == 3
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "not a TFLite model"),
+    (b"\xff\xd8\xff\xe0 JFIF this is a jpeg", "not a TFLite model"),
+    (int8_add_model()[:120], "truncated or corrupt"),
+])
+def test_foreign_or_truncated_files_raise_a_clear_error(content, problem):
+    with pytest.raises(ModelError, match=problem) as err:
+        TFLiteModel.from_bytes(content, source="bad.tflite")
+    assert "bad.tflite" in str(err.value) and err.value.fix
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        TFLiteModel.from_file(tmp_path / "none.tflite")
+
+
+def test_offset_buffers_are_detected_and_inlined():
+    """P2: constants stored after the flatbuffer are read, counted, and written back inline."""
+    content = with_offset_buffers(int8_add_model())
+    model = TFLiteModel.from_bytes(content)
+    assert model.offset_buffers == 1
+    rewritten = model.to_bytes()
+    assert TFLiteModel.from_bytes(rewritten).offset_buffers == 0
+    image = (PIXELS - 128).astype(np.int8)
+    np.testing.assert_array_equal(run(rewritten, image)[0], run(int8_add_model(), image)[0])
+
+
+def test_offset_buffer_beyond_the_end_is_truncation():
+    content = with_offset_buffers(int8_add_model())
+    with pytest.raises(ModelError, match="truncated"):
+        TFLiteModel.from_bytes(content[:-16])
+
+
+# ------------------------------------------------------------------------------------- rewrites
+def test_uint8_io_adds_quantize_edges_and_matches_int8():
+    """P9: uint8 I/O through QUANTIZE ops; the same values after dequantization."""
+    model = TFLiteModel.from_bytes(int8_add_model())
+    model.rename_io(["images"], ["out"])
+    uint8 = model.with_uint8_io()
+    assert uint8.op_counts() == {("ADD", 2): 1, ("QUANTIZE", 1): 2}
+    assert [(t.name, t.dtype, t.quantization[1]) for t in uint8.inputs + uint8.outputs] == [
+        ("images", "uint8", 0), ("out", "uint8", 0)]
+    assert model.inputs[0].dtype == "int8", "the source model is left alone"
+    [int8_out] = run(model.to_bytes(), (PIXELS - 128).astype(np.int8))
+    [uint8_out] = run(uint8.to_bytes(), PIXELS.astype(np.uint8))
+    np.testing.assert_array_equal(uint8_out.astype(int) - 128, int8_out)
+    interpreter = Interpreter(model_content=uint8.to_bytes())
+    runner = interpreter.get_signature_runner("serving_default")
+    assert set(runner(images=PIXELS.astype(np.uint8))) == {"out"}
+
+
+def test_rename_io_renames_tensors_and_signature():
+    model = TFLiteModel.from_bytes(int8_add_model())
+    model.rename_io(["pixels"], ["result"])
+    assert [t.name for t in model.inputs + model.outputs] == ["pixels", "result"]
+    assert Interpreter(model_content=model.to_bytes()).get_signature_list() == {
+        "serving_default": {"inputs": ["pixels"], "outputs": ["result"]}}
+    with pytest.raises(ValueError, match="2 names for 1"):
+        model.rename_io(["a", "b"], ["c"])
+
+
+def test_normalize_raises_float_versions_of_int8_ops_and_keeps_results():
+    """P10: int8 ops left at the float version 1 get their int8 version; numbers do not change."""
+    model = TFLiteModel.from_bytes(int8_add_model(add_version=1))
+    assert model.normalize_for_edgetpu() == ["ADD v1 -> v2"]
+    assert model.op_counts() == {("ADD", 2): 1}
+    assert model.normalize_for_edgetpu() == []
+    image = (PIXELS - 128).astype(np.int8)
+    np.testing.assert_array_equal(run(model.to_bytes(), image)[0], run(int8_add_model(1), image)[0])
+
+
+def test_normalize_never_lowers_a_feature_version():
+    model = TFLiteModel.from_bytes(int8_add_model(add_version=4))
+    assert model.normalize_for_edgetpu() == []
+    assert model.op_counts() == {("ADD", 4): 1}
+
+
+def test_metadata_round_trip():
+    model = TFLiteModel.from_bytes(int8_add_model())
+    model.set_metadata("edge_yolov9", b'{"a": 1}')
+    model.set_metadata("edge_yolov9", b'{"a": 2}')
+    again = TFLiteModel.from_bytes(model.to_bytes())
+    assert again.metadata("edge_yolov9") == b'{"a": 2}' and again.metadata("other") is None
+    run(again.to_bytes(), (PIXELS - 128).astype(np.int8))
+
+
+# ------------------------------------------------------------------------------------- quantizer
+def test_quantizer_annotates_every_op_of_the_export_graph():
+    """P3/P4: residual add, avg_pool2d, cat, sigmoid are quantized (no float island), the input gets
+    exactly 1/255 and -128, sigmoid outputs 1/256 and -128."""
+    import torch
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from convert.quantizer import INPUT_SCALE, INPUT_ZERO_POINT, EdgeQuantizer
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            x = x.permute(0, 3, 1, 2)  # NHWC input as in the export
+            y = self.a(x)
+            y = y * torch.sigmoid(y)
+            z = F.avg_pool2d(y + self.b(y), 2, 1, 0, False, True)
+            return torch.cat([F.max_pool2d(z, 5, 1, 2), F.interpolate(z, scale_factor=2.0)[:, :, ::2, ::2]], 1)
+
+    graph = torch.export.export(Block().eval(), (torch.rand(1, 8, 8, 3),)).module()
+    prepared = prepare_pt2e(graph, EdgeQuantizer())
+    compute = {"conv2d", "sigmoid", "mul", "add", "avg_pool2d", "max_pool2d", "cat"}
+    nodes = [n for n in prepared.graph.nodes if n.op == "call_function" and n.target.__name__.split(".")[0] in compute]
+    assert {n.target.__name__.split(".")[0] for n in nodes} == compute
+    for node in nodes:
+        assert any(user.op == "call_module" for user in node.users), f"{node.name} output is not observed"
+    observers = {name: module for name, module in prepared.named_modules() if "activation_post_process" in name}
+    input_observer = next(observers[u.target] for u in prepared.graph.nodes
+                          if u.op == "call_module" and u.target in observers
+                          and u.args[0].op == "call_function" and "permute" in str(u.args[0].target))
+    scale, zero_point = input_observer.calculate_qparams()
+    assert (float(scale), int(zero_point)) == (pytest.approx(INPUT_SCALE), INPUT_ZERO_POINT)
+    sigmoid = next(n for n in nodes if "sigmoid" in str(n.target))
+    scale, zero_point = observers[next(iter(sigmoid.users)).target].calculate_qparams()
+    assert (float(scale), int(zero_point)) == (pytest.approx(1 / 256), -128)
+
+
+# ------------------------------------------------------------------------------------- calibration
+def test_calibration_images_are_capped_spread_and_deterministic(coco128):
+    from convert.calibration import find_calibration_images
+
+    folder = coco128 / "images" / "train2017"
+    everything = sorted(folder.glob("*.jpg"))
+    picked = find_calibration_images(folder, limit=5)
+    assert picked == find_calibration_images(folder, limit=5)
+    assert len(picked) == 5 and picked[0] == everything[0] and picked[-1] == everything[-1]
+
+
+def test_calibration_from_data_yaml_uses_the_train_split(tmp_path, coco128):
+    from convert.calibration import calibration_set
+
+    (tmp_path / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nval: images/val\nnames: [a]\n")
+    calibration = calibration_set(tmp_path / "data.yaml", 256, limit=3)
+    batch = next(calibration.inputs())
+    assert len(calibration.images) == 3 and batch.shape == (1, 256, 256, 3) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+
+
+def test_calibration_input_is_the_runtime_letterbox(coco128):
+    from convert.calibration import calibration_set
+    from edge_yolov9.preprocess import letterbox, load_image
+
+    calibration = calibration_set(coco128 / "images" / "train2017", 320, limit=1)
+    canvas, _ = letterbox(load_image(calibration.images[0]), 320)
+    np.testing.assert_array_equal(next(calibration.inputs())[0], canvas / np.float32(255))
+
+
+def test_empty_calibration_folder_names_the_folder_and_the_fix(tmp_path):
+    from convert.calibration import calibration_set
+
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(EdgeYoloError, match=str(tmp_path)) as err:
+        calibration_set(tmp_path, 320)
+    assert "--calib" in err.value.fix
+
+
+def test_unreadable_calibration_images_are_skipped(tmp_path, coco128, caplog):
+    from convert.calibration import calibration_set
+
+    (tmp_path / "a_broken.jpg").write_bytes(b"not a jpeg")
+    good = next((coco128 / "images" / "train2017").glob("*.jpg"))
+    (tmp_path / "b_good.jpg").write_bytes(good.read_bytes())
+    assert len(list(calibration_set(tmp_path, 256).inputs())) == 1
+    assert "a_broken.jpg" in caplog.text
+    (tmp_path / "b_good.jpg").unlink()
+    with pytest.raises(EdgeYoloError, match="None of the 1 calibration images"):
+        list(calibration_set(tmp_path, 256).inputs())
+
+
+@pytest.mark.parametrize("imgsz", [256, 320, 416, 512, 640])
+def test_supported_input_sizes(imgsz):
+    from convert.pipeline import validate_imgsz
+
+    assert validate_imgsz(imgsz) == imgsz
+
+
+@pytest.mark.parametrize("imgsz", [224, 300, 672, 0])
+def test_unsupported_input_sizes_say_which_are(imgsz):
+    from convert.pipeline import validate_imgsz
+
+    with pytest.raises(EdgeYoloError, match=f"Input size {imgsz}") as err:
+        validate_imgsz(imgsz)
+    assert "256, 288, 320" in err.value.fix
