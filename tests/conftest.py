@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import torch
+
+from edge_yolov9.cli import main
+from support.conversions import shared_artifact, trained_like
+from train.checkpoint import save_checkpoint
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One torch thread per test process: pytest -n N already uses N cores, and oversubscribed
@@ -44,3 +50,59 @@ def coco_val158() -> Path:
 @pytest.fixture(scope="session")
 def ultralytics_t_checkpoint() -> Path:
     return _require(ULTRALYTICS_T_1CLASS)
+
+
+# --------------------------------------------------------------------------- converted models
+# Conversions are slow (1-2 min each on 2 cores): each runs once per test session, shared by the
+# convert and runtime tests across pytest-xdist workers (see support.conversions.shared_artifact).
+
+
+@pytest.fixture(scope="session")
+def ball_checkpoint(tmp_path_factory, ultralytics_t_checkpoint) -> Path:
+    """A real trained YOLOv9-T (1 class, 'ball'; depthwise class branch), imported into our format."""
+    def produce(folder: Path) -> None:
+        assert main(["import", str(ultralytics_t_checkpoint), "-o", str(folder / "ball.pt")]) == 0
+
+    return shared_artifact(tmp_path_factory, "convert-ball-checkpoint", produce) / "ball.pt"
+
+
+@pytest.fixture(scope="session")
+def conversions(tmp_path_factory, ball_checkpoint, coco128) -> Path:
+    """Two ``edge-yolov9 convert --edgetpu`` runs, side by side in subprocesses (one core each), with no
+    edgetpu_compiler on PATH: ``320/`` the real model with int8 I/O; ``416/`` a shallower GELAN-T
+    (csp_depth 1: the same ops, faster to convert; 80 classes) with --uint8-io, calibrated from a data.yaml."""
+    def produce(folder: Path) -> None:
+        imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
+        save_checkpoint(folder / "shallow-t.pt", trained_like(imgs, csp_depth=1), [f"class{i}" for i in range(80)])
+        (folder / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nnames: [a]\n")
+        runs = {
+            "320": ["--model", str(ball_checkpoint), "--imgsz", "320", "--calib", str(coco128 / "images" / "train2017"),
+                    "--calib-images", "16"],
+            "416": ["--model", str(folder / "shallow-t.pt"), "--imgsz", "416", "--calib", str(folder / "data.yaml"),
+                    "--calib-images", "4", "--uint8-io"],
+        }
+        env = {**os.environ, "PATH": str(folder / "no-compiler-here"), "OMP_NUM_THREADS": "1"}
+        processes = {}
+        for name, args in runs.items():
+            (folder / name).mkdir()
+            log = open(folder / name / "stdout.txt", "w")
+            processes[name] = (log, subprocess.Popen(
+                [sys.executable, "-m", "edge_yolov9.cli", "convert", *args, "--edgetpu", "-o", str(folder / name / "out")],
+                stdout=log, stderr=subprocess.STDOUT, env=env))
+        for name, (log, process) in processes.items():
+            (folder / name / "exit_code").write_text(str(process.wait(timeout=900)))
+            log.close()
+
+    return shared_artifact(tmp_path_factory, "convert-runs", produce)
+
+
+@pytest.fixture(scope="session")
+def out320(conversions) -> Path:
+    return conversions / "320"
+
+
+@pytest.fixture(scope="session")
+def out416(conversions) -> Path:
+    return conversions / "416"
+
+

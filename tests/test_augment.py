@@ -51,7 +51,7 @@ def test_mosaic_keeps_every_visible_object():
 
 def test_synthetic_dataset_is_valid_and_repeatable(tmp_path):
     first = generate_shapes_dataset(tmp_path / "a", num_train=12, num_val=4, image_size=96, seed=7)
-    second = generate_shapes_dataset(tmp_path / "b", num_train=12, num_val=4, image_size=96, seed=7)
+    generate_shapes_dataset(tmp_path / "b", num_train=12, num_val=4, image_size=96, seed=7)
     cfg = load_data_config(first)
     assert cfg.names == CLASSES
     train = list_split(cfg, "train")  # raises on any invalid label

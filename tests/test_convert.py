@@ -9,18 +9,12 @@ toolchain notes (P2-P12) has a check here or in test_convert_tflite.py / test_ed
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
-from filelock import FileLock
 
 from convert.edgetpu import precheck
 from convert.metadata import embedded_metadata, file_sha256
@@ -33,90 +27,12 @@ from train.checkpoint import load_checkpoint, save_checkpoint
 from train.models import create_model
 from train.models.deploy import deploy_model
 
+from support.conversions import CONFIDENT_IMAGES, OUTPUT_NAMES
+
 INT8_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC", "MUL", "ADD", "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD",
             "QUANTIZE", "RESIZE_NEAREST_NEIGHBOR"}
-OUTPUT_NAMES = ["box_stride8", "cls_stride8", "box_stride16", "cls_stride16", "box_stride32", "cls_stride32"]
 
 
-def shared_artifact(tmp_path_factory, name: str, produce: Callable[[Path], None]) -> Path:
-    """``produce(folder)`` once per session, even with several xdist workers (file lock + done marker)."""
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    folder = root / name
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / ".done").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            produce(folder)
-            (folder / ".done").touch()
-    return folder
-
-
-def trained_like(imgs: list[Path], **overrides) -> torch.nn.Module:
-    """A random GELAN-T with BatchNorm statistics estimated on real images (realistic activation ranges)."""
-    torch.manual_seed(0)
-    model = create_model("gelan-t", num_classes=80, **overrides)
-    batch = torch.stack([torch.from_numpy(letterbox(load_image(p), 256)[0]).permute(2, 0, 1) for p in imgs]) / 255
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the batch
-    with torch.no_grad():
-        model.train()(batch)
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def ball_checkpoint(tmp_path_factory, ultralytics_t_checkpoint) -> Path:
-    """A real trained YOLOv9-T (1 class, 'ball'; depthwise class branch), imported into our format."""
-    def produce(folder: Path) -> None:
-        assert main(["import", str(ultralytics_t_checkpoint), "-o", str(folder / "ball.pt")]) == 0
-
-    return shared_artifact(tmp_path_factory, "convert-ball-checkpoint", produce) / "ball.pt"
-
-
-@pytest.fixture(scope="session")
-def conversions(tmp_path_factory, ball_checkpoint, coco128) -> Path:
-    """Two ``edge-yolov9 convert --edgetpu`` runs, side by side in subprocesses (one core each), with no
-    edgetpu_compiler on PATH: ``320/`` the real model with int8 I/O; ``416/`` a shallower GELAN-T
-    (csp_depth 1: the same ops, faster to convert; 80 classes) with --uint8-io, calibrated from a data.yaml."""
-    def produce(folder: Path) -> None:
-        imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
-        save_checkpoint(folder / "shallow-t.pt", trained_like(imgs, csp_depth=1), [f"class{i}" for i in range(80)])
-        (folder / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nnames: [a]\n")
-        runs = {
-            "320": ["--model", str(ball_checkpoint), "--imgsz", "320", "--calib", str(coco128 / "images" / "train2017"),
-                    "--calib-images", "16"],
-            "416": ["--model", str(folder / "shallow-t.pt"), "--imgsz", "416", "--calib", str(folder / "data.yaml"),
-                    "--calib-images", "4", "--uint8-io"],
-        }
-        env = {**os.environ, "PATH": str(folder / "no-compiler-here"), "OMP_NUM_THREADS": "1"}
-        processes = {}
-        for name, args in runs.items():
-            (folder / name).mkdir()
-            log = open(folder / name / "stdout.txt", "w")
-            processes[name] = (log, subprocess.Popen(
-                [sys.executable, "-m", "edge_yolov9.cli", "convert", *args, "--edgetpu", "-o", str(folder / name / "out")],
-                stdout=log, stderr=subprocess.STDOUT, env=env))
-        for name, (log, process) in processes.items():
-            (folder / name / "exit_code").write_text(str(process.wait(timeout=900)))
-            log.close()
-
-    return shared_artifact(tmp_path_factory, "convert-runs", produce)
-
-
-@pytest.fixture(scope="session")
-def out320(conversions) -> Path:
-    return conversions / "320"
-
-
-@pytest.fixture(scope="session")
-def out416(conversions) -> Path:
-    return conversions / "416"
-
-
-# Images of coco128 on which the 'ball' model has confident detections (sports balls).
-CONFIDENT_IMAGES = ("000000000078.jpg", "000000000142.jpg")
 
 
 def images(folder: Path, size: int, count: int = 4, names: tuple[str, ...] = ()) -> list[np.ndarray]:
