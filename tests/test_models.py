@@ -90,3 +90,17 @@ def test_deploy_transform_keeps_outputs(name, kwargs, for_export):
         convs = [m for m in deployed.modules() if isinstance(m, torch.nn.Conv2d)]
         assert all(c.groups == 1 or c.groups == c.in_channels for c in convs)
         assert not any(isinstance(m, torch.nn.SiLU) for m in deployed.modules())
+
+
+def test_models_cli_prints_the_zoo_as_json(capsys):
+    import json
+
+    from edge_yolov9.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(PUBLISHED) <= set(rows)
+    for name, (params, gflops) in PUBLISHED.items():
+        assert rows[name]["params"] == pytest.approx(params, rel=0.03)
+        assert rows[name]["gflops"] == pytest.approx(gflops, rel=0.03)
+    assert rows["yolov9-t"]["train_params"] > rows["gelan-t"]["train_params"]  # the PGI branch trains too
