@@ -166,20 +166,13 @@ class Detector:
     timing: Timing = field(init=False, default_factory=Timing)
 
     def __post_init__(self) -> None:
-        path = Path(self.model)
         requested = parse_device(self.device)
-        path, tflite = self._choose_model_file(path, requested)
+        path, tflite, delegate = self._choose_model_file(Path(self.model), requested)
         self.model_path = path
-        self._backend: Backend = find_backend(self.backend)
-        delegates = []
-        if tflite.compiled_for_edgetpu:
-            tpu = requested if requested.wants_tpu else Device("tpu")
-            delegates.append(load_edgetpu_delegate(self._backend, tpu))
-            self.device_used = str(tpu)
-        else:
-            self.device_used = "cpu"
+        self.device_used = "cpu" if delegate is None else str(requested if requested.wants_tpu else Device("tpu"))
         try:
-            self._interpreter = self._backend.interpreter(model_path=str(path), experimental_delegates=delegates or None,
+            self._interpreter = self._backend.interpreter(model_path=str(path),
+                                                          experimental_delegates=[delegate] if delegate else None,
                                                           num_threads=self.threads or os.cpu_count())
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
@@ -193,30 +186,31 @@ class Detector:
         self._post = PostprocessConfig(self.score_threshold, self.iou_threshold, self.max_detections,
                                        classes=tuple(self.classes) if self.classes is not None else None)
 
-    def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile]:
-        """The file to run: an Edge TPU model needs a TPU; without one ('auto' or 'cpu') its CPU twin runs."""
+    def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile, Any]:
+        """The file to run and, for an Edge TPU model, its delegate (loaded once, here). An Edge TPU
+        model needs a TPU; without one ('auto' or 'cpu') its CPU twin runs."""
         tflite = self._read(path)
+        if not tflite.compiled_for_edgetpu and requested.wants_tpu:
+            raise ModelError(f"{path} is a CPU model, not compiled for the Edge TPU (device {self.device!r})",
+                             "compile it: edge-yolov9 convert --edgetpu ..., or use device='cpu'")
+        self._backend: Backend = find_backend(self.backend)
         if not tflite.compiled_for_edgetpu:
-            if requested.wants_tpu:
-                raise ModelError(f"{path} is a CPU model, not compiled for the Edge TPU (device {self.device!r})",
-                                 "compile it: edge-yolov9 convert --edgetpu ..., or use device='cpu'")
-            return path, tflite
-        if requested.kind in ("auto", "cpu"):
-            twin = cpu_twin(path)
+            return path, tflite, None
+        if requested.wants_tpu:
+            return path, tflite, load_edgetpu_delegate(self._backend, requested)
+        twin = cpu_twin(path)
+        if requested.kind == "auto":
             try:
-                if requested.kind == "auto":
-                    load_edgetpu_delegate(find_backend(self.backend), Device("tpu"))
-                    return path, tflite
+                return path, tflite, load_edgetpu_delegate(self._backend, Device("tpu"))
             except RuntimeSetupError as err:
                 if twin is None:
                     raise
                 logger.warning("No usable Edge TPU (%s); running the CPU model %s instead", err.problem, twin)
-            if twin is None:
-                raise ModelError(f"{path} is compiled for the Edge TPU and cannot run on the CPU",
-                                 f"use the CPU model it was compiled from (expected {path.stem[:-8] or 'model'}.tflite "
-                                 "beside it), or pass device='usb'/'pci'")
-            return twin, self._read(twin)
-        return path, tflite
+        if twin is None:
+            raise ModelError(f"{path} is compiled for the Edge TPU and cannot run on the CPU",
+                             f"use the CPU model it was compiled from (expected "
+                             f"{path.stem[: -len(EDGETPU_SUFFIX)] or 'model'}.tflite beside it), or pass device='usb'/'pci'")
+        return twin, self._read(twin), None
 
     @staticmethod
     def _read(path: Path) -> TFLiteFile:
