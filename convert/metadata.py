@@ -8,7 +8,6 @@ quantization), the labels, and where the model came from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from importlib import metadata as package_metadata
@@ -31,14 +30,6 @@ CONVERTER_PACKAGES = ("edge-yolov9", "torch", "torchao", "litert-torch", "ai-edg
 def sidecar_path(model_path: str | os.PathLike) -> Path:
     """``model_int8.tflite`` -> ``model_int8.json``."""
     return Path(model_path).with_suffix(".json")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def converter_versions() -> dict[str, str | None]:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_yolov9.errors import EdgeYoloError, ModelError
+from train.checkpoint import file_sha256
 from train.models import YOLO
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration_set
 from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitCode, compile_for_edgetpu,
                       find_compiler, precheck)
 from .export import convert_float, convert_int8, output_specs, prepare_for_export
-from .metadata import attach_metadata, build_metadata, file_sha256, metadata_for_compiled, write_sidecar
+from .metadata import attach_metadata, build_metadata, metadata_for_compiled, write_sidecar
 from .tflite_model import TFLiteModel
 
 logger = logging.getLogger(__name__)

@@ -17,13 +17,13 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from convert.edgetpu import precheck
-from convert.metadata import embedded_metadata, file_sha256
+from convert.metadata import embedded_metadata
 from convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
 from test_edgetpu import ALL_MAPPED_LOG, CPU_OPS_LOG, fake_compiler
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from train.models import create_model
 from train.models.deploy import deploy_model
 

@@ -8,6 +8,7 @@ A checkpoint is a dict of plain data and tensors, so loading it never runs pickl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -23,6 +24,15 @@ from .models import ModelConfig, YOLO, create_model
 
 FORMAT = "edge-yolov9"
 VERSION = 1
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in blocks: records which checkpoint a product came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,

@@ -10,7 +10,6 @@ the pickled modules' classes, when a checkpoint has them. The model is then buil
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 
 from edge_yolov9.errors import ModelError
 
-from ..checkpoint import FORMAT as OWN_FORMAT, save_checkpoint
+from ..checkpoint import FORMAT as OWN_FORMAT, file_sha256, save_checkpoint
 from ..models import HeadConfig, LoadReport, ModelConfig, YOLO, create_model, load_weights
 from .mit import MIT
 from .published import ULTRALYTICS, YOLOV9
@@ -72,14 +71,6 @@ class ImportResult:
             "missing": list(load.missing), "unexpected": list(load.unexpected),
             "shape_mismatch": list(load.shape_mismatch), "notes": list(self.notes),
         }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def detect_format(payload: Any, source: str) -> CheckpointFormat:
@@ -196,7 +187,7 @@ def import_checkpoint(path: str | os.PathLike, *, checkpoint_format: str = "auto
     load_report, used = _account(load_weights(model, translation.tensors, strict=False), translation)
     class_names, names_source = resolve_names(translation.names, names, cfg.num_classes, source)
     result = ImportResult(model=model.eval(), names=class_names, names_source=names_source, source=path,
-                          source_sha256=sha256_of(path), format=fmt.name, used=used, load_report=load_report,
+                          source_sha256=file_sha256(path), format=fmt.name, used=used, load_report=load_report,
                           notes=translation.notes)
     if not (result.complete or partial):
         raise ModelError(f"{source} does not fit {cfg.name} exactly: {load_report.summary()}",
