@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_yolov9.errors import DatasetError
+from edge_yolov9.errors import DatasetError, EdgeYoloError
 from train.checkpoint import load_checkpoint, read_checkpoint
 from train.loss import DetectionLoss
 from train.models import STRIDES, create_model
-from train.trainer import TrainConfig, Trainer, build_optimizer, collate, resume
+from train.trainer import (AUTO_SGD_MIN_STEPS, TrainConfig, Trainer, build_optimizer, choose_optimizer, collate,
+                           resume)
 
 
 def tiny_dataset(coco128: Path, tmp_path: Path, count: int = 8) -> Path:
@@ -34,16 +35,17 @@ def config(data: Path, tmp_path: Path, **changes) -> TrainConfig:
     return replace(base, **changes)
 
 
-def test_optimizer_steps_reduce_the_loss_on_a_fixed_batch(coco128, tmp_path):
-    cfg = config(tiny_dataset(coco128, tmp_path), tmp_path, lr0=0.01)
+@pytest.mark.parametrize("name, lr", [("sgd", 0.01), ("adamw", 0.002)])
+def test_optimizer_steps_reduce_the_loss_on_a_fixed_batch(coco128, tmp_path, name, lr):
+    cfg = config(tiny_dataset(coco128, tmp_path), tmp_path, optimizer=name, lr0=lr)
     trainer = Trainer(cfg)
     batch = collate([trainer.dataset[i] for i in range(4)])
     images, targets = batch[0].float() / 255, batch[1]
     assert len(targets), "the fixed batch must hold objects"
+    torch.manual_seed(0)
     model = create_model("yolov9-t", num_classes=80).train()
     optimizer = build_optimizer(model, cfg, cfg.weight_decay)
-    for group in optimizer.param_groups:
-        group["lr"] = 0.01
+    assert type(optimizer).__name__.lower() == name
     loss = DetectionLoss(STRIDES)
     first = loss(model(images), targets)[0].item()
     for _ in range(30):
@@ -119,3 +121,25 @@ def test_unreadable_training_image_is_a_dataset_error(coco128, tmp_path):
     listing.write_text(listing.read_text() + f"{broken}\n")
     with pytest.raises(DatasetError, match="broken.jpg"):
         Trainer(config(data, tmp_path))
+
+
+def test_auto_optimizer_is_adamw_for_short_runs_and_sgd_for_long_ones():
+    assert choose_optimizer(TrainConfig(), AUTO_SGD_MIN_STEPS - 1) == "adamw"
+    assert choose_optimizer(TrainConfig(), AUTO_SGD_MIN_STEPS) == "sgd"
+    assert choose_optimizer(TrainConfig(optimizer="sgd"), 10) == "sgd"
+    with pytest.raises(EdgeYoloError, match="adam"):
+        choose_optimizer(TrainConfig(optimizer="adam"), 10)
+
+
+def test_time_budget_fits_the_epoch_count_and_the_choice_is_stored(coco128, tmp_path):
+    data = tiny_dataset(coco128, tmp_path, count=4)
+    trainer = Trainer(config(data, tmp_path, epochs=5, time_budget=1e-4))
+    trainer.fit()  # the first epoch alone overruns a 6 ms budget
+    state = read_checkpoint(trainer.run_dir / "last.pt")
+    assert state["epoch"] == 0 and state["train_config"]["epochs"] == 1
+    assert state["train_config"]["optimizer"] == "adamw" and state["train_config"]["lr0"] == 0.002
+
+    trainer.cfg.time_budget = 3.0  # 1.5 min spent in 3 epochs: 1.5 min left, 3 more epochs
+    trainer.history = [replace(trainer.history[0], seconds=30.0) for _ in range(3)]
+    trainer._fit_epochs_to_budget(3)
+    assert trainer.cfg.epochs == 6

@@ -75,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                          "when the class count differs); import foreign ones first")
     train.add_argument("--imgsz", type=int, default=320, help="training and validation input size")
     train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--time-budget", type=float, metavar="MINUTES",
+                       help="fit the number of epochs (and the LR schedule) to this many minutes of training")
     train.add_argument("--batch", type=int, default=16)
     train.add_argument("--nominal-batch", type=int, default=64,
                        help="gradients are accumulated up to this many images per optimizer step; set it to "
@@ -82,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--workers", type=int, default=-1, help="data-loading processes (-1: cores - 1)")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     train.add_argument("--activation", default="silu", choices=["silu", "relu6"])
-    train.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
+    train.add_argument("--optimizer", default="auto", choices=["auto", "sgd", "adamw"],
+                       help="auto: SGD (the YOLOv9 recipe) for runs of 10k+ optimizer steps, AdamW for shorter ones")
+    train.add_argument("--lr0", type=float, help="initial learning rate (default 0.01 for SGD, 0.002 for AdamW)")
     train.add_argument("--warmup-epochs", type=float, default=3.0, help="epochs of learning-rate warm-up")
     train.add_argument("--cos-lr", action="store_true", help="cosine instead of linear LR decay")
     train.add_argument("--close-mosaic", type=int, default=15, help="train the last N epochs without mosaic")

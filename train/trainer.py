@@ -1,7 +1,7 @@
 """Training of GELAN / YOLOv9 (PGI) detectors on YOLO-format data, on CPU or CUDA.
 
 The YOLOv9 recipe: SGD (momentum 0.937, nesterov) with no weight decay on norms and biases,
-warm-up, linear or cosine LR decay, EMA of the weights, gradient clipping, AMP on CUDA, gradient
+warm-up, linear or cosine LR decay (AdamW instead for short runs, see :func:`choose_optimizer`), EMA of the weights, gradient clipping, AMP on CUDA, gradient
 accumulation to a nominal batch of 64, mosaic closed for the last epochs. Every epoch is validated
 (COCO mAP of the EMA weights) and written atomically to ``last.pt`` (and ``best.pt``), with the
 optimizer, EMA and schedule state, so ``--resume`` continues a killed run where it stopped.
@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_DATA = "shapes"
 BACKBONE_LAYERS = 9  # layers 0-8: the GELAN backbone
+OPTIMIZERS = ("auto", "sgd", "adamw")
+DEFAULT_LR0 = {"sgd": 0.01, "adamw": 0.002}
+# 'auto' picks SGD from this many optimizer steps on: below it (fine-tuning, CPU runs) AdamW gets further.
+AUTO_SGD_MIN_STEPS = 10_000
 
 
 @dataclass
@@ -55,7 +59,8 @@ class TrainConfig:
     workers: int = -1
     device: str = "auto"
     activation: str = "silu"
-    lr0: float = 0.01
+    optimizer: str = "auto"
+    lr0: float | None = None  # None: DEFAULT_LR0 of the optimizer
     lrf: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 5e-4
@@ -70,6 +75,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     cache: bool = True
     seed: int = 0
+    time_budget: float | None = None  # minutes; the epoch count is re-fitted to it after each epoch
     project: str = "runs/train"
     name: str = "exp"
     augment: dict[str, float] = field(default_factory=lambda: asdict(AugmentConfig()))
@@ -171,8 +177,19 @@ class ModelEMA:
                 value.copy_(current[key])
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> torch.optim.SGD:
-    """SGD with three groups: conv/linear weights (decayed), norm weights and biases (not decayed)."""
+def choose_optimizer(cfg: TrainConfig, steps: int) -> str:
+    """The optimizer of a run of ``steps`` optimizer steps: SGD, the YOLOv9 recipe, needs hundreds of
+    epochs to pay off; AdamW converges much faster in the few thousand steps of a fine-tune or a CPU run."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise EdgeYoloError(f"Unknown optimizer {cfg.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
+    if cfg.optimizer != "auto":
+        return cfg.optimizer
+    return "sgd" if steps >= AUTO_SGD_MIN_STEPS else "adamw"
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` (resolved, not 'auto') over three groups: conv/linear weights (decayed),
+    norm weights and biases (not decayed)."""
     decayed, norms, biases = [], [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -184,9 +201,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> 
                 norms.append(param)
             else:
                 decayed.append(param)
-    optimizer = torch.optim.SGD(norms, lr=cfg.lr0, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer not in DEFAULT_LR0:
+        raise ValueError(f"build_optimizer needs a resolved optimizer, not {cfg.optimizer!r} (see choose_optimizer)")
+    lr = cfg.lr0 if cfg.lr0 is not None else DEFAULT_LR0[cfg.optimizer]
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(norms, lr=lr, betas=(cfg.momentum, 0.999),
+                                                             weight_decay=0.0)
+    else:
+        optimizer = torch.optim.SGD(norms, lr=lr, momentum=cfg.momentum, nesterov=True)
     optimizer.add_param_group({"params": decayed, "weight_decay": weight_decay})
-    optimizer.add_param_group({"params": biases})
+    optimizer.add_param_group({"params": biases, "weight_decay": 0.0})
     return optimizer
 
 
@@ -198,21 +222,30 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
     return (1 - progress) * (1.0 - cfg.lrf) + cfg.lrf
 
 
-def set_learning_rates(optimizer: torch.optim.SGD, cfg: TrainConfig, epoch: int, iteration: int,
+def _set_momentum(group: dict[str, Any], momentum: float) -> None:
+    if "betas" in group:
+        group["betas"] = (momentum, group["betas"][1])
+    else:
+        group["momentum"] = momentum
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, iteration: int,
                        warmup_iterations: int) -> None:
-    """Warm-up: weights and norms ramp from 0 and biases down from ``warmup_bias_lr`` to the schedule,
-    momentum from ``warmup_momentum``; afterwards the epoch's scheduled rate."""
+    """Warm-up: weights and norms ramp from 0 (SGD's biases down from ``warmup_bias_lr``) to the
+    schedule, momentum from ``warmup_momentum``; afterwards the epoch's scheduled rate."""
+    assert cfg.lr0 is not None, "resolved by the Trainer"
     target = cfg.lr0 * lr_factor(epoch, cfg)
     if iteration >= warmup_iterations:
         for group in optimizer.param_groups:
             group["lr"] = target
-            group["momentum"] = cfg.momentum
+            _set_momentum(group, cfg.momentum)
         return
     t = iteration / max(warmup_iterations, 1)
+    bias_start = cfg.warmup_bias_lr if isinstance(optimizer, torch.optim.SGD) else 0.0
     for index, group in enumerate(optimizer.param_groups):
-        start = cfg.warmup_bias_lr if index == 2 else 0.0
+        start = bias_start if index == 2 else 0.0
         group["lr"] = start + (target - start) * t
-        group["momentum"] = cfg.warmup_momentum + (cfg.momentum - cfg.warmup_momentum) * t
+        _set_momentum(group, cfg.warmup_momentum + (cfg.momentum - cfg.warmup_momentum) * t)
 
 
 # --------------------------------------------------------------------------- the run
@@ -256,6 +289,10 @@ class Trainer:
                                err.fix or "remove the file or its label") from None
         self.accumulate = max(round(cfg.nominal_batch / cfg.batch), 1)
         weight_decay = cfg.weight_decay * cfg.batch * self.accumulate / cfg.nominal_batch
+        # Resolved into the config, which checkpoints store, so a resumed run keeps the same choice.
+        steps = cfg.epochs * math.ceil(len(train_samples) / cfg.batch) // self.accumulate
+        cfg.optimizer = choose_optimizer(cfg, steps)
+        cfg.lr0 = cfg.lr0 if cfg.lr0 is not None else DEFAULT_LR0[cfg.optimizer]
         self.optimizer = build_optimizer(self.model, cfg, weight_decay)
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_tau)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
@@ -356,10 +393,11 @@ class Trainer:
     def fit(self) -> Path:
         """Train the remaining epochs; returns the best checkpoint's path."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        logger.info("Training %s on %s (%d images, %d classes) at %d px on %s, %d epochs, batch %d x %d",
+        logger.info("Training %s on %s (%d images, %d classes) at %d px on %s, %d epochs, batch %d x %d, %s lr %g",
                     self.cfg.model, self.data.yaml_path, len(self.dataset), self.data.num_classes, self.cfg.imgsz,
-                    self.device, self.cfg.epochs, self.cfg.batch, self.accumulate)
-        for epoch in range(self.start_epoch, self.cfg.epochs):
+                    self.device, self.cfg.epochs, self.cfg.batch, self.accumulate, self.cfg.optimizer, self.cfg.lr0)
+        epoch = self.start_epoch
+        while epoch < self.cfg.epochs:
             started = time.perf_counter()
             losses, throughput, lr = self.train_epoch(epoch)
             metrics = self.validate()
@@ -367,11 +405,25 @@ class Trainer:
                                             time.perf_counter() - started))
             improved = fitness(metrics) > self.best_fitness
             self.best_fitness = max(self.best_fitness, fitness(metrics))
+            if self.cfg.time_budget is not None:
+                self._fit_epochs_to_budget(epoch + 1)
             self._save(epoch, improved)
             self._write_results()
             logger.info("epoch %d: mAP50-95 %.4f mAP50 %.4f, %.1f img/s", epoch + 1, metrics.map50_95,
                         metrics.map50, throughput)
+            epoch += 1
         return self.run_dir / "best.pt"
+
+    def _fit_epochs_to_budget(self, done: int) -> None:
+        """Set the epoch count (hence the LR schedule and mosaic closing) to what the remaining time
+        budget allows at the mean epoch time so far (training and validation), at least ``done``."""
+        spent = sum(h.seconds for h in self.history)
+        remaining = self.cfg.time_budget * 60 - spent
+        fitted = done + max(int(remaining // (spent / len(self.history))), 0)
+        if fitted != self.cfg.epochs:
+            logger.info("Time budget %.1f min: %.1f min spent, %d epochs in all", self.cfg.time_budget, spent / 60,
+                        fitted)
+            self.cfg.epochs = fitted
 
     def _write_results(self) -> None:
         path = self.run_dir / "results.csv"
