@@ -11,6 +11,7 @@ from edge_yolov9.cli import add_command
 from edge_yolov9.errors import MissingDependencyError
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
+from .frigate import LAYOUTS
 
 EXIT_CODES = """\
 exit codes:
@@ -20,7 +21,9 @@ exit codes:
   3  --edgetpu/--compile, but edgetpu_compiler is not installed: the CPU models are written and valid;
      the message says how to install the compiler
   4  --edgetpu/--compile: compilation failed, or ops would run on the CPU (unless --allow-cpu-ops);
-     everything is written, with the compiler's log and the per-op report"""
+     everything is written, with the compiler's log and the per-op report
+  5  (convert) the int8 model loses more mAP50-95 than --max-drop against PyTorch: everything is written,
+     with the accuracy report; 5 outranks 3 and 4"""
 
 
 # Loggers that warn at import time about GPU kernels (triton, CUDA extensions) and deprecations:
@@ -45,7 +48,8 @@ def _convert(args: argparse.Namespace) -> int:
     result = convert_checkpoint(ConvertOptions(
         checkpoint=args.model, imgsz=args.imgsz, calib=args.calib, out_dir=args.output,
         calib_images=args.calib_images, uint8_io=args.uint8_io, edgetpu=args.edgetpu, compiler=args.compiler,
-        min_runtime_version=args.min_runtime_version, allow_cpu_ops=args.allow_cpu_ops))
+        min_runtime_version=args.min_runtime_version, allow_cpu_ops=args.allow_cpu_ops,
+        accuracy=not args.no_accuracy, val=args.val, max_drop=args.max_drop, layout=args.layout))
     print(f"Wrote {result.out_dir}/:")
     for name, path in result.files.items():
         print(f"  {name:<36} {path.stat().st_size / 2**20:8.2f} MiB")
@@ -58,6 +62,13 @@ def _convert(args: argparse.Namespace) -> int:
     print(result.precheck.render())
     if result.compile is not None:
         print(result.compile.report.render())
+    if result.accuracy is not None:
+        print(result.accuracy.render())
+    if args.layout == "frigate":
+        from .frigate import instructions
+
+        compiled = result.compile is not None and result.compile.compiled_model is not None
+        print(instructions(result.out_dir, args.imgsz, compiled))
     for note in result.notes:
         print(f"note: {note}")
     return int(result.exit_code)
@@ -106,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Convert an edge-yolov9 checkpoint to a float and a fully int8 TFLite model (int8 weights and "
                     "activations, integer NHWC input, six raw head outputs decoded on the host), calibrated on "
                     "real images. Writes OUT/model_int8.tflite, model_float.tflite, a <model>.json sidecar for "
-                    "each (labels, input and output quantization) and the Edge TPU precheck report.\n\n"
+                    "each (labels, input and output quantization), the Edge TPU precheck report and the int8 "
+                    "accuracy report (COCO mAP of PyTorch, float and int8 TFLite on a labelled val set).\n\n"
                     + EXIT_CODES)
     convert.add_argument("--model", type=Path, required=True, help="edge-yolov9 checkpoint (.pt)")
     convert.add_argument("--imgsz", type=int, default=320, help="square input size: 256..640 in steps of 32")
@@ -116,6 +128,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="use at most N calibration images, spread evenly over the sorted list")
     convert.add_argument("--uint8-io", action="store_true",
                          help="uint8 input and outputs (QUANTIZE ops at the edges) instead of int8")
+    convert.add_argument("--layout", choices=LAYOUTS, default="raw",
+                         help="outputs: raw = six per-level NHWC maps; frigate = the two (1, N, C) tensors of "
+                              "Frigate's Edge TPU yolo-generic detector (box bins, class logits; needs >= 2 "
+                              "classes, not 64), with OUT/labelmap.txt and the Frigate config printed")
+    convert.add_argument("--val", type=Path, metavar="DATA",
+                         help="labelled images for the int8 accuracy report: a data.yaml (its val split, scored "
+                              "against its val_json when declared) or a COCO json (images in <json dir>/../images); "
+                              "default: the val split of --calib when that is a data.yaml")
+    convert.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
+                         help="exit 5 when the int8 model's mAP50-95 is more than AP points (0.01 mAP) below "
+                              "the PyTorch model's on the val set")
+    convert.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy report")
     convert.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
     _add_compiler_options(convert)
     convert.add_argument("-o", "--output", type=Path, required=True, help="output folder")

@@ -258,6 +258,7 @@ class ExitCode(enum.IntEnum):
     PRECHECK_FAILED = 1  # ``edgetpu`` without --compile: the static precheck fails
     COMPILER_MISSING = 3  # no edgetpu_compiler: the CPU models are written and valid
     EDGETPU_INCOMPLETE = 4  # compilation failed, or ops would run on the CPU (without --allow-cpu-ops)
+    ACCURACY_DROP = 5  # ``convert``: the int8 model loses more mAP50-95 than --max-drop; everything is written
 
 
 INSTALL_INSTRUCTIONS = f"""\

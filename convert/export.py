@@ -5,6 +5,11 @@ bins (4 * reg_max channels) and the class logits, six NHWC outputs. Decoding (DF
 sigmoid) stays on the host in the shared decoder. This keeps softmax, concatenated box+score
 tensors and layout transposes out of the graph (findings P4, P5, P7, P8): every output has its
 own quantization scale, and the int8 graph has nothing but int8 ops.
+
+The ``frigate`` layout carries the same tensors in the two outputs Frigate's Edge TPU detector
+reads (see convert.frigate): each level's NHWC map reshaped to (1, H*W, C) rows and the levels
+concatenated, box bins and class logits apart. That costs six RESHAPE and two CONCATENATION ops,
+and the three box levels then share one quantization scale.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +31,7 @@ from edge_yolov9.errors import EdgeYoloError, ModelError
 from train.models import YOLO
 from train.models.deploy import deploy_model
 
+from . import frigate
 from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel
 
 logger = logging.getLogger(__name__)
@@ -44,16 +50,20 @@ class ConversionError(EdgeYoloError):
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One raw head output: pyramid level, its stride, ``box`` (4 * reg_max bins) or ``cls`` (logits)."""
+    """One exported output: ``box`` (4 * reg_max bins) or ``cls`` (logits) of one pyramid level and its
+    stride, or (frigate layout: level and stride None) the rows of all levels."""
 
     name: str
-    level: int
-    stride: int
+    level: int | None
+    stride: int | None
     kind: str
 
 
-def output_specs(model: YOLO) -> list[OutputSpec]:
-    """The exported outputs, in graph order: box and cls of each level, finest level first."""
+def output_specs(model: YOLO, layout: str = "raw") -> list[OutputSpec]:
+    """The exported outputs, in graph order: box and cls of each level, finest level first (raw), or
+    the box rows and the class rows of all levels (frigate)."""
+    if layout == "frigate":
+        return [OutputSpec("box_rows", None, None, "box"), OutputSpec("cls_rows", None, None, "cls")]
     return [OutputSpec(f"{kind}_stride{stride}", level, stride, kind)
             for level, stride in enumerate(model.strides) for kind in ("box", "cls")]
 
@@ -88,6 +98,35 @@ def channels_last_module(model: YOLO) -> nn.Module:
 
     outputs = list(range(len(output_specs(model))))
     return litert_torch.to_channel_last_io(RawHeadOutputs(model), args=[0], outputs=outputs).eval()
+
+
+class FrigateOutputs(nn.Module):
+    """Frigate's yolo-generic layout: (1, N, 4 * reg_max) box bins and (1, N, NC) class logits, each
+    level's NHWC map flattened row-major (a RESHAPE that keeps the channels innermost, no TRANSPOSE)
+    and the levels concatenated finest first."""
+
+    def __init__(self, model: YOLO):
+        super().__init__()
+        self.levels = channels_last_module(model)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [level.reshape(level.shape[0], -1, level.shape[-1]) for level in self.levels(images)]
+        return torch.cat(rows[0::2], dim=1), torch.cat(rows[1::2], dim=1)
+
+
+def check_layout(model: YOLO, labels: Sequence[str], layout: str) -> None:
+    """Raise before any conversion work if ``layout`` is unknown or cannot hold this model."""
+    if layout not in frigate.LAYOUTS:
+        raise EdgeYoloError(f"Unknown output layout {layout!r}", f"use one of: {', '.join(frigate.LAYOUTS)}")
+    if layout == "frigate":
+        frigate.check_compatible(labels, model.head.reg_max, model.strides)
+
+
+def export_module(model: YOLO, layout: str) -> nn.Module:
+    """The module whose graph is exported: NHWC input, outputs in ``layout`` (checked by check_layout)."""
+    if layout not in frigate.LAYOUTS:
+        raise ValueError(f"Unknown output layout {layout!r}")
+    return FrigateOutputs(model).eval() if layout == "frigate" else channels_last_module(model)
 
 
 @contextlib.contextmanager
@@ -126,29 +165,30 @@ def _sample_input(imgsz: int) -> torch.Tensor:
     return torch.zeros(1, imgsz, imgsz, 3)
 
 
-def _finish(content: bytes, model: YOLO) -> TFLiteModel:
+def _finish(content: bytes, model: YOLO, layout: str) -> TFLiteModel:
     """Readable I/O names, Edge-TPU-era op versions, constants inlined (P2, P10)."""
     tflite = TFLiteModel.from_bytes(content, source="converter output")
-    tflite.rename_io([INPUT_NAME], [spec.name for spec in output_specs(model)])
+    tflite.rename_io([INPUT_NAME], [spec.name for spec in output_specs(model, layout)])
     changes = tflite.normalize_for_edgetpu()
     if changes:
         logger.debug("Flatbuffer normalized for the Edge TPU compiler: %s", "; ".join(changes))
     return TFLiteModel.from_bytes(tflite.to_bytes(), source="converted model")
 
 
-def convert_float(model: YOLO, imgsz: int) -> TFLiteModel:
-    """Float32 TFLite of a deploy model: NHWC float input in [0, 1], six float raw outputs."""
+def convert_float(model: YOLO, imgsz: int, layout: str = "raw") -> TFLiteModel:
+    """Float32 TFLite of a deploy model: NHWC float input in [0, 1], float outputs in ``layout``."""
     import litert_torch
 
     with _quiet_converter(), torch.no_grad():
-        edge = litert_torch.convert(channels_last_module(model), (_sample_input(imgsz),))
+        edge = litert_torch.convert(export_module(model, layout), (_sample_input(imgsz),))
         content = edge.model_content()
-    return _finish(content, model)
+    return _finish(content, model, layout)
 
 
-def convert_int8(model: YOLO, imgsz: int, calibration: Iterable[np.ndarray]) -> TFLiteModel:
+def convert_int8(model: YOLO, imgsz: int, calibration: Iterable[np.ndarray], layout: str = "raw") -> TFLiteModel:
     """Fully int8 TFLite: int8 weights (per channel) and activations, int8 input fixed at scale 1/255,
-    zero point -128 (``pixel - 128``), six int8 raw outputs with their own scales.
+    zero point -128 (``pixel - 128``), int8 outputs in ``layout`` (raw: six, each with its own scale;
+    class logits always on CLS_LOGIT_QPARAMS).
 
     ``calibration`` yields (1, H, W, 3) float inputs in [0, 1], letterboxed as at run time.
     """
@@ -159,11 +199,11 @@ def convert_int8(model: YOLO, imgsz: int, calibration: Iterable[np.ndarray]) -> 
     from .quantizer import EdgeQuantizer
 
     sample = (_sample_input(imgsz),)
-    fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model)) if spec.kind == "cls"}
+    fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model, layout)) if spec.kind == "cls"}
     quantizer = EdgeQuantizer(fixed_outputs=fixed)
     with torch.no_grad():
         with _quiet_converter():
-            prepared = prepare_pt2e(torch.export.export(channels_last_module(model), sample).module(), quantizer)
+            prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(), quantizer)
         start, seen = time.monotonic(), 0
         for image in calibration:
             prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
@@ -176,7 +216,7 @@ def convert_int8(model: YOLO, imgsz: int, calibration: Iterable[np.ndarray]) -> 
             # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
             edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
             content = edge.model_content()
-    tflite = _finish(content, model)
+    tflite = _finish(content, model, layout)
     check_fully_integer(tflite)
     return tflite
 

@@ -2,8 +2,8 @@
 
 Written as a sidecar ``<model>.json`` beside each .tflite and embedded in the .tflite as model
 metadata named ``edge_yolov9`` (same JSON). It describes the input (layout, dtype, quantization,
-how pixels become the network input), every output tensor (level, stride, box|cls, shape,
-quantization), the labels, and where the model came from.
+how pixels become the network input), the output layout and every output tensor (level, stride,
+box|cls, shape, quantization), the labels, and where the model came from.
 """
 
 from __future__ import annotations
@@ -42,11 +42,21 @@ def converter_versions() -> dict[str, str | None]:
     return versions
 
 
+DECODE = {
+    "raw": "edge_yolov9.postprocess.postprocess(box_levels, cls_levels, channels_last=True) "
+           "on dequantized outputs: (q - zero_point) * scale",
+    "frigate": "edge_yolov9.decode.split_levels(rows, level_shapes) of each output (levels in stride order, "
+               "each row-major), then edge_yolov9.postprocess.postprocess(box_levels, cls_levels, "
+               "channels_last=True) on dequantized outputs: (q - zero_point) * scale",
+}
+
+
 def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str], imgsz: int,
                    strides: Sequence[int], reg_max: int, outputs: Sequence[OutputSpec], variant: str,
-                   checkpoint: str | os.PathLike | None = None, checkpoint_sha256: str | None = None,
-                   calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Metadata of one converted file; ``outputs`` are the raw head outputs in graph order."""
+                   layout: str = "raw", checkpoint: str | os.PathLike | None = None,
+                   checkpoint_sha256: str | None = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metadata of one converted file; ``outputs`` are the exported outputs in graph order, in ``layout``
+    (convert.frigate.LAYOUTS)."""
     [image] = tflite.inputs
     if len(tflite.outputs) != len(outputs):
         raise ValueError(f"{tflite.source} has {len(tflite.outputs)} outputs, expected {len(outputs)}")
@@ -54,8 +64,8 @@ def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str
     for position, (tensor, spec) in enumerate(zip(tflite.outputs, outputs)):
         if tensor.name != spec.name:
             raise ValueError(f"Output {position} of {tflite.source} is {tensor.name!r}, expected {spec.name!r}")
-        output_entries.append({"position": position, **tensor.to_dict(), "level": spec.level,
-                               "stride": spec.stride, "kind": spec.kind, "layout": "NHWC"})
+        output_entries.append({"position": position, **tensor.to_dict(), "level": spec.level, "stride": spec.stride,
+                               "kind": spec.kind, "layout": "NHWC" if layout == "raw" else "rows"})
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -69,9 +79,9 @@ def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str
                   "letterbox": {"pad_value": PAD_VALUE, "resample": "bilinear", "centered": True}},
         "strides": list(strides),
         "reg_max": reg_max,
+        "layout": layout,
         "outputs": output_entries,
-        "decode": "edge_yolov9.postprocess.postprocess(box_levels, cls_levels, channels_last=True) "
-                  "on dequantized outputs: (q - zero_point) * scale",
+        "decode": DECODE[layout],
         "source": {"checkpoint": str(checkpoint) if checkpoint else None, "sha256": checkpoint_sha256},
         "calibration": calibration,
         "converter": converter_versions(),

@@ -1,9 +1,10 @@
 """``edge-yolov9 convert`` as a function: checkpoint -> OUT/ with the float and int8 models, their
-metadata, the Edge TPU precheck and (optionally) the compiled Edge TPU model.
+metadata, the Edge TPU precheck, the int8 accuracy report and (optionally) the compiled Edge TPU model.
 
 Everything is written to a staging folder inside OUT and moved into place only at the end, so a
 failed run leaves no file that looks like a good product. Exit codes (:class:`ExitCode`) tell a
-complete result from one where the Edge TPU step could not be done or maps ops to the CPU.
+complete result from one where the Edge TPU step could not be done or maps ops to the CPU, or where
+the int8 model loses more accuracy than allowed.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from edge_yolov9.errors import EdgeYoloError, ModelError
 from train.checkpoint import file_sha256
 from train.models import YOLO
 
+from .accuracy import AccuracyReport, ValSet, find_val_set, measure_accuracy
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration_set
 from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitCode, compile_for_edgetpu,
                       find_compiler, precheck)
-from .export import convert_float, convert_int8, output_specs, prepare_for_export
+from .export import check_layout, convert_float, convert_int8, output_specs, prepare_for_export
+from .frigate import LABELMAP, write_labelmap
 from .metadata import attach_metadata, build_metadata, metadata_for_compiled, write_sidecar
 from .tflite_model import TFLiteModel
 
@@ -33,10 +36,12 @@ MIN_IMGSZ, MAX_IMGSZ, IMGSZ_STEP = 256, 640, 32
 FLOAT_MODEL, INT8_MODEL = "model_float.tflite", "model_int8.tflite"
 PRECHECK_STEM = "model_int8_edgetpu_precheck"
 COMPILE_REPORT_STEM = "model_int8_edgetpu_compile"
+ACCURACY_STEM = "model_int8_accuracy"
 # Every file a run may write; ones a run does not write again are removed from OUT so none goes stale.
 PRODUCTS = (FLOAT_MODEL, "model_float.json", INT8_MODEL, "model_int8.json", f"{PRECHECK_STEM}.json",
             f"{PRECHECK_STEM}.md", "model_int8_edgetpu.tflite", "model_int8_edgetpu.json", "model_int8_edgetpu.log",
-            "model_int8_edgetpu_compile.log", f"{COMPILE_REPORT_STEM}.json", f"{COMPILE_REPORT_STEM}.md")
+            "model_int8_edgetpu_compile.log", f"{COMPILE_REPORT_STEM}.json", f"{COMPILE_REPORT_STEM}.md",
+            f"{ACCURACY_STEM}.json", f"{ACCURACY_STEM}.md", LABELMAP)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class ConvertOptions:
     compiler: Path | None = None
     min_runtime_version: int | None = None
     allow_cpu_ops: bool = False
+    layout: str = "raw"  # convert.frigate.LAYOUTS: per-level head maps, or Frigate's yolo-generic (+ labelmap.txt)
+    accuracy: bool = True  # the int8 accuracy report (needs labelled images: val, or a calib data.yaml)
+    val: Path | None = None  # None: the val split of calib when it is a data.yaml
+    max_drop: float = 1.0  # AP points of mAP50-95 the int8 model may lose against PyTorch
 
 
 @dataclass
@@ -59,6 +68,7 @@ class ConvertResult:
     files: dict[str, Path]
     precheck: EdgeTpuReport
     compile: CompileResult | None = None
+    accuracy: AccuracyReport | None = None
     exit_code: ExitCode = ExitCode.OK
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)  # of the int8 model
@@ -128,13 +138,15 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
                 raise  # an explicit --compiler that is wrong is a usage error
             compiler_missing = err
     model, labels, _ = _load_detector(options.checkpoint)
+    check_layout(model, labels, options.layout)
+    val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
     deployed = prepare_for_export(model)
     logger.info("Converting %s (%d classes) at %dx%d, calibrating on %d images from %s", model.cfg.name,
                 len(labels), imgsz, imgsz, len(calibration.images), calibration.source)
 
     staging = _Staging.open(options.out_dir)
     try:
-        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler)
+        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set)
         result.files = staging.publish()
     except BaseException:
         staging.discard()
@@ -146,25 +158,29 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
     if compiler_missing is not None:
         result.exit_code = ExitCode.COMPILER_MISSING
         result.notes.append(str(compiler_missing))
+    _judge_accuracy(result, options)
     return result
 
 
 def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: CalibrationSet,
-                  options: ConvertOptions, compiler: Path | None) -> ConvertResult:
+                  options: ConvertOptions, compiler: Path | None, val_set: ValSet | None) -> ConvertResult:
     describe = dict(model_name=deployed.cfg.name, labels=labels, imgsz=calibration.imgsz, strides=deployed.strides,
-                    reg_max=deployed.head.reg_max, outputs=output_specs(deployed), checkpoint=options.checkpoint,
+                    reg_max=deployed.head.reg_max, outputs=output_specs(deployed, options.layout),
+                    layout=options.layout, checkpoint=options.checkpoint,
                     checkpoint_sha256=file_sha256(options.checkpoint))
 
     logger.info("Converting to a float TFLite model")
-    float_model = convert_float(deployed, calibration.imgsz)
+    float_model = convert_float(deployed, calibration.imgsz, options.layout)
     _save_with_metadata(float_model, folder / FLOAT_MODEL, build_metadata(float_model, variant="float", **describe))
 
     logger.info("Quantizing to int8: calibration, then conversion")
-    int8_model = convert_int8(deployed, calibration.imgsz, calibration.inputs())
+    int8_model = convert_int8(deployed, calibration.imgsz, calibration.inputs(), options.layout)
     if options.uint8_io:
         int8_model = int8_model.with_uint8_io()
     int8_metadata = build_metadata(int8_model, variant="int8", calibration=calibration.to_dict(), **describe)
     int8_path = _save_with_metadata(int8_model, folder / INT8_MODEL, int8_metadata)
+    if options.layout == "frigate":
+        write_labelmap(folder / LABELMAP, labels)
 
     report = precheck(TFLiteModel.from_bytes(int8_path.read_bytes(), source=INT8_MODEL))
     report.save(folder / PRECHECK_STEM)
@@ -172,6 +188,11 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
     if report.failed:
         result.notes.append("The int8 model fails the Edge TPU precheck (it still runs on the CPU); "
                             f"see {PRECHECK_STEM}.md")
+    if val_set is not None:
+        result.accuracy = measure_accuracy(val_set, deployed, options.checkpoint, folder / FLOAT_MODEL, int8_path,
+                                           max_drop=options.max_drop)
+        result.accuracy.save(folder / ACCURACY_STEM)
+        logger.info("%s", result.accuracy.summary())
     if compiler is not None:
         result.compile = compile_for_edgetpu(int8_path, folder, compiler=compiler,
                                              min_runtime_version=options.min_runtime_version)
@@ -182,6 +203,21 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
             write_sidecar(result.compile.compiled_model, metadata_for_compiled(int8_metadata, compiled))
         result.exit_code = result.compile.exit_code(allow_cpu_ops=options.allow_cpu_ops)
     return result
+
+
+def _judge_accuracy(result: ConvertResult, options: ConvertOptions) -> None:
+    """Why there is no accuracy report, or the exit code of an int8 drop beyond --max-drop (it outranks
+    the Edge TPU codes: the CPU models themselves fall short)."""
+    report = result.accuracy
+    if report is None:
+        if options.accuracy:
+            why = "is an image folder (no labels)" if options.calib.is_dir() else "declares no `val` split"
+            result.notes.append(f"No int8 accuracy report: the calibration source {options.calib} {why}; pass "
+                                "--val data.yaml to measure the int8 drop, or --no-accuracy to skip it")
+    elif not report.passed:
+        result.exit_code = ExitCode.ACCURACY_DROP
+        result.notes.append(f"The int8 model loses {report.drop:.2f} AP of mAP50-95 against PyTorch, more than "
+                            f"--max-drop {options.max_drop:g}; see {ACCURACY_STEM}.md")
 
 
 def _save_with_metadata(tflite: TFLiteModel, path: Path, metadata: dict[str, Any]) -> Path:

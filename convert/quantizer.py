@@ -3,10 +3,12 @@
 litert-torch 0.10 finds ops through ``source_fn_stack``, which torch 2.13's non-strict export no
 longer fills, so some ops are silently left in float and the converter wraps them in
 DEQUANTIZE/QUANTIZE (a float island the Edge TPU cannot run). Annotated here explicitly: the
-residual ``add``, ``avg_pool2d`` (AConv), ``cat``, and the fixed 1/256 output of ``sigmoid``/
-``softmax`` (TFLite's int8 kernels refuse anything else). The network input gets fixed
-quantization parameters, scale 1/255 and zero point -128, so the runtime feeds ``pixel - 128``
-without float math. Outputs can be given fixed quantization parameters too (the class logits are).
+residual ``add``, ``avg_pool2d`` (AConv), ``reshape`` (the Frigate layout's flattened levels),
+``cat``, and the fixed 1/256 output of ``sigmoid``/``softmax`` (TFLite's int8 kernels refuse
+anything else). The network input gets fixed quantization parameters, scale 1/255 and zero point
+-128, so the runtime feeds ``pixel - 128`` without float math. Outputs can be given fixed
+quantization parameters too (the class logits are); when such an output concatenates several
+maps, every map gets the same fixed parameters, so the concatenation needs no requantization.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ aten = torch.ops.aten
 INPUT_SCALE = 1.0 / 255.0
 INPUT_ZERO_POINT = -128
 
-_LAYOUT_OPS = (aten.permute.default, aten.permute_copy.default)
+# Ops that move values without changing them: quantization is looked up through them.
+_LAYOUT_OPS = (aten.permute.default, aten.permute_copy.default, aten.reshape.default, aten.view.default)
+# Ops whose output takes its input's quantization parameters (no requantization).
+_SHARED_QPARAMS_OPS = (aten.avg_pool2d.default, aten.reshape.default)
 _FIXED_OUTPUT_OPS = (aten.sigmoid.default, aten.softmax.int, aten._softmax.default)
 
 
@@ -81,7 +86,7 @@ class EdgeQuantizer(PT2EQuantizer):
             args = [a for a in node.args if isinstance(a, Node)]
             if node.target == aten.add.Tensor and len(args) == 2:
                 _annotate(node, {a: get_input_act_qspec(config) for a in args}, get_output_act_qspec(config))
-            elif node.target == aten.avg_pool2d.default:
+            elif node.target in _SHARED_QPARAMS_OPS:
                 shared = SharedQuantizationSpec(args[0])
                 _annotate(node, {args[0]: shared}, shared)
             elif node.target == aten.cat.default:
@@ -106,16 +111,28 @@ class EdgeQuantizer(PT2EQuantizer):
                     frontier.append(user)
 
     def _fix_output_qparams(self, model: GraphModule) -> None:
-        """Set the output qspec of the op producing each fixed output (behind its layout permute)."""
+        """Set the output qspec of the ops producing each fixed output (behind layout ops and concats)."""
         if not self.fixed_outputs:
             return
         [output] = [n for n in model.graph.nodes if n.op == "output"]
         results = output.args[0]
         for position, (scale, zero_point) in self.fixed_outputs.items():
-            node = results[position]
-            while node.op == "call_function" and node.target in _LAYOUT_OPS:
-                node = node.args[0]
-            annotation = node.meta.get("quantization_annotation")
-            if annotation is None or annotation.output_qspec is None:
-                raise ValueError(f"Output {position} ({node.name}) is not produced by a quantized op")
-            annotation.output_qspec = _fixed(scale, zero_point)
+            fixed = _fixed(scale, zero_point)
+            for node in _producers(results[position]):
+                annotation = node.meta.get("quantization_annotation")
+                if annotation is None or annotation.output_qspec is None:
+                    raise ValueError(f"Output {position} ({node.name}) is not produced by a quantized op")
+                annotation.output_qspec = fixed
+                if node.target == aten.cat.default:
+                    # every input edge on the same fixed qparams as its producer: no requantization
+                    annotation.input_qspec_map = {arg: fixed for arg in annotation.input_qspec_map}
+
+
+def _producers(node: Node) -> list[Node]:
+    """The quantized ops whose values reach ``node`` unchanged: through layout ops, and a concatenation
+    together with each of its inputs."""
+    while node.op == "call_function" and node.target in _LAYOUT_OPS:
+        node = node.args[0]
+    if node.op == "call_function" and node.target == aten.cat.default:
+        return [node, *(p for arg in node.args[0] for p in _producers(arg))]
+    return [node]

@@ -20,6 +20,7 @@ from . import __version__
 from .errors import EdgeYoloError
 
 logger = logging.getLogger("edge_yolov9")
+COMMANDS_GROUP = "edge_yolov9.commands"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -41,6 +42,14 @@ def print_result(result: Any, as_json: bool, render: Callable[[Any], str]) -> No
     print(json.dumps(result, indent=2) if as_json else render(result))
 
 
+def command_entry_points() -> list[Any]:
+    """The ``edge_yolov9.commands`` entry points, by name. Python 3.9's ``entry_points()`` takes no
+    ``group`` and returns a dict; 3.10+ returns a selectable collection."""
+    found = entry_points()
+    group = found.select(group=COMMANDS_GROUP) if hasattr(found, "select") else found.get(COMMANDS_GROUP, ())
+    return sorted(group, key=lambda e: e.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-yolov9", formatter_class=HelpFormatter,
@@ -49,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-yolov9 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
-    for entry in sorted(entry_points(group="edge_yolov9.commands"), key=lambda e: e.name):
+    for entry in command_entry_points():
         try:
             register = entry.load()
         except Exception as err:  # one broken plugin must not take the runtime's commands down

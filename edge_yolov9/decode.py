@@ -21,8 +21,10 @@ def make_anchors(level_shapes: Sequence[tuple[int, int]],
     ``level_shapes`` are the (H, W) of each level's output map; levels are in ``strides`` order,
     each row-major, matching :func:`flatten_level`.
     """
+    if len(level_shapes) != len(strides):
+        raise ValueError(f"{len(level_shapes)} output levels but {len(strides)} strides")
     centres, per_anchor = [], []
-    for (h, w), stride in zip(level_shapes, strides, strict=True):
+    for (h, w), stride in zip(level_shapes, strides):
         ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
         centres.append(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1) * stride)
         per_anchor.append(np.full(h * w, stride, dtype=np.float32))
@@ -32,6 +34,21 @@ def make_anchors(level_shapes: Sequence[tuple[int, int]],
 def flatten_level(level: np.ndarray, channels_last: bool) -> np.ndarray:
     """One level's map of one image, (C, H, W) or (H, W, C), as (H*W, C) rows in anchor order."""
     return level.reshape(-1, level.shape[-1]) if channels_last else level.reshape(level.shape[0], -1).T
+
+
+def level_shapes(size: tuple[int, int], strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """The (H, W) of each level's map for an input of ``size`` (H, W)."""
+    return tuple((size[0] // stride, size[1] // stride) for stride in strides)
+
+
+def split_levels(rows: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """(N, C) rows of all levels, concatenated in order, each row-major (Frigate's yolo-generic layout),
+    to per-level (H, W, C) views: the inverse of concatenating :func:`flatten_level` of each level."""
+    sizes = [h * w for h, w in shapes]
+    if sum(sizes) != len(rows):
+        raise ValueError(f"{len(rows)} rows, but levels {list(shapes)} hold {sum(sizes)}")
+    parts = np.split(rows, np.cumsum(sizes)[:-1])
+    return [part.reshape(h, w, rows.shape[-1]) for part, (h, w) in zip(parts, shapes)]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -17,17 +17,18 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
 
-from .errors import ImageError, ModelError
+from .errors import EdgeYoloError, ModelError
 from .interpreter import Backend, Device, RuntimeSetupError, find_backend, load_edgetpu_delegate, parse_device
+from .decode import level_shapes, split_levels
 from .postprocess import PostprocessConfig, postprocess
-from .preprocess import as_rgb_array, letterbox, load_image
+from .preprocess import ImageInput, letterbox, to_rgb
+from .sources import Frame, Source, image_frames, iter_frames
 from .tflite_file import TFLiteFile, read_tflite
 from .types import Box, Detection
 
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 METADATA_NAME = "edge_yolov9"
 EDGETPU_SUFFIX = "_edgetpu"
-ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class ModelInfo:
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
     variant: str = "cpu"
+    layout: str = "raw"  # "raw": a (1, H, W, C) map per level; "frigate": (1, N, C) rows of all levels
+    level_strides: tuple[int, ...] = ()  # the frigate layout's levels (a raw output has its own stride)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -66,7 +68,7 @@ class ModelInfo:
 
     @property
     def strides(self) -> tuple[int, ...]:
-        return tuple(o.stride for o in self.outputs if o.kind == "box")
+        return self.level_strides or tuple(o.stride for o in self.outputs if o.kind == "box")
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "ModelInfo":
@@ -75,8 +77,9 @@ class ModelInfo:
                               entry.get("zero_point"), entry.get("kind", ""), entry.get("stride", 0))
 
         try:
+            layout = meta.get("layout", "raw")
             return cls(tuple(meta["labels"]), spec(meta["input"]), tuple(spec(o) for o in meta["outputs"]),
-                       meta.get("variant", "cpu"))
+                       meta.get("variant", "cpu"), layout, tuple(meta["strides"]) if layout == "frigate" else ())
         except (KeyError, TypeError) as err:
             raise ModelError(f"Model metadata is incomplete (missing {err})",
                              "re-convert the model with `edge-yolov9 convert`") from None
@@ -140,6 +143,27 @@ class Timing:
     postprocess: float = 0.0
 
 
+class FrameResult(NamedTuple):
+    """One frame of a batch (``Detector.detect_many``): its detections, or the error that kept it unread."""
+
+    frame: Frame
+    detections: list[Detection]
+    timing: Timing | None = None
+
+    @property
+    def error(self) -> EdgeYoloError | None:
+        return self.frame.error
+
+    def to_dict(self) -> dict:
+        """The JSON record of this frame, as ``edge-yolov9 detect --json`` writes it (one per line)."""
+        if self.error is not None:
+            return {"source": self.frame.name, "error": self.error.problem, "fix": self.error.fix}
+        record: dict = {"source": self.frame.name, "detections": [d.to_dict() for d in self.detections]}
+        if self.timing is not None:
+            record["timing_ms"] = {stage: round(ms, 2) for stage, ms in vars(self.timing).items()}
+        return record
+
+
 @dataclass
 class Detector:
     """A converted model ready to detect. See the module docstring.
@@ -151,6 +175,8 @@ class Detector:
         threads: CPU threads of the interpreter (default: all cores).
         labels: class names, for a model without metadata.
         score_threshold, iou_threshold, max_detections, classes: post-processing.
+        multi_label: keep a box once for each class above the threshold, not only its best class
+            (the COCO-evaluation convention, ``PostprocessConfig.for_evaluation()``).
     """
 
     model: str | os.PathLike
@@ -160,6 +186,7 @@ class Detector:
     score_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
+    multi_label: bool = False
     classes: Sequence[int] | None = None
     backend: str | None = None
     info: ModelInfo = field(init=False)
@@ -181,9 +208,9 @@ class Detector:
                              "match libedgetpu to the compiler (see `edge-yolov9 doctor`)") from None
         self.info = read_model_info(path, tflite) or infer_model_info(self._interpreter, self.labels)
         if self.labels is not None and len(self.labels) == len(self.info.labels):
-            self.info = ModelInfo(tuple(self.labels), self.info.input, self.info.outputs, self.info.variant)
+            self.info = replace(self.info, labels=tuple(self.labels))
         self._bind_tensors()
-        self._post = PostprocessConfig(self.score_threshold, self.iou_threshold, self.max_detections,
+        self._post = PostprocessConfig(self.score_threshold, self.iou_threshold, self.max_detections, self.multi_label,
                                        classes=tuple(self.classes) if self.classes is not None else None)
 
     def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile, Any]:
@@ -232,7 +259,8 @@ class Detector:
         classes = [o for o in self.info.outputs if o.kind == "cls"]
         self._box_outputs = [(by_name[o.name]["index"], o.scale, o.zero_point) for o in sorted(boxes, key=lambda o: o.stride)]
         self._cls_outputs = [(by_name[o.name]["index"], o.scale, o.zero_point) for o in sorted(classes, key=lambda o: o.stride)]
-        self._strides = tuple(sorted(o.stride for o in boxes))
+        self._strides = tuple(sorted(self.info.strides))
+        self._level_shapes = level_shapes(self.info.size, self._strides) if self.info.layout == "frigate" else None
 
     # ------------------------------------------------------------------ detection
 
@@ -252,14 +280,17 @@ class Detector:
     def _raw(self, outputs: list[tuple[int, float | None, int | None]]) -> tuple[list[np.ndarray], list | None]:
         """Output maps as the interpreter holds them, and their (scale, zero point) when quantized."""
         levels = [self._interpreter.get_tensor(index)[0] for index, _, _ in outputs]
-        quantized = outputs[0][1] is not None
-        return levels, [(scale, zero) for _, scale, zero in outputs] if quantized else None
+        quant = [(scale, zero) for _, scale, zero in outputs] if outputs[0][1] is not None else None
+        if self._level_shapes is not None:  # frigate layout: one (N, C) tensor, split into per-level views
+            levels = split_levels(levels[0], self._level_shapes)
+            quant = quant * len(levels) if quant else None
+        return levels, quant
 
     def detect(self, image: ImageInput, *, bgr: bool = False) -> list[Detection]:
         """Detections in ``image`` (a path, PIL image, or (H, W, 3) uint8 array; RGB unless ``bgr``),
         boxes in the image's own pixels, best first."""
         started = time.perf_counter()
-        rgb = self._as_rgb(image, bgr)
+        rgb = to_rgb(image, bgr)
         canvas, placement = letterbox(rgb, self.info.size)
         self._interpreter.set_tensor(self._input_index, self._to_input(canvas))
         preprocessed = time.perf_counter()
@@ -277,13 +308,16 @@ class Detector:
         self.timing = Timing((preprocessed - started) * 1e3, (invoked - preprocessed) * 1e3, (finished - invoked) * 1e3)
         return detections
 
-    @staticmethod
-    def _as_rgb(image: ImageInput, bgr: bool) -> np.ndarray:
-        if isinstance(image, (str, os.PathLike)):
-            return load_image(image)
-        if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
-        if not isinstance(image, np.ndarray):
-            raise ImageError(f"Cannot detect in a {type(image).__name__}", "pass a path, a PIL image or a numpy array")
-        array = as_rgb_array(image)
-        return array[:, :, ::-1] if bgr else array
+    def detect_many(self, source: Source | Iterable[ImageInput], *, bgr: bool = False) -> Iterator[FrameResult]:
+        """Detections frame by frame in ``source``: an image file, a folder (recursively), a video file, a
+        camera index, or any iterable of images (paths, PIL images, arrays; ``bgr`` as in ``detect``).
+
+        A frame that cannot be read (a corrupt file in a folder, an empty array) yields a FrameResult
+        with its ``error`` and the batch goes on; a source that cannot be opened raises a SourceError.
+        """
+        frames = iter_frames(source) if isinstance(source, (str, os.PathLike, int)) else image_frames(source, bgr)
+        for frame in frames:
+            if frame.error is not None:
+                yield FrameResult(frame, [])
+            else:
+                yield FrameResult(frame, self.detect(frame.image), self.timing)

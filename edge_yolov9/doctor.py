@@ -1,4 +1,5 @@
-"""``edge-yolov9 doctor``: each thing the runtime needs, OK or the fix."""
+"""``edge-yolov9 doctor``: each thing the runtime needs, OK or the fix; with ``--model``, also what
+that model needs (a readable file, metadata, for an Edge TPU model the TPU or its CPU twin)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import importlib.metadata
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .detector import Detector, cpu_twin, read_model_info
+from .errors import EdgeYoloError
 from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, RuntimeSetupError, coral_pci_devices, coral_usb_devices,
                           find_backend, libedgetpu_path, numpy_abi_problem)
+from .tflite_file import read_tflite
 
 MIN_PYTHON = (3, 9)
 
@@ -45,7 +50,8 @@ def libedgetpu_version(library: str) -> str:
         return "version unknown"
 
 
-def run_checks() -> list[Check]:
+def run_checks(model: Path | None = None) -> list[Check]:
+    """The environment's checks, then those of ``model`` when given."""
     checks = [Check("python", sys.version_info[:2] >= MIN_PYTHON,
                     f"Python {platform.python_version()} on {platform.system()} {platform.machine()}",
                     f"use Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}"),
@@ -74,6 +80,61 @@ def run_checks() -> list[Check]:
     checks.append(Check("coral devices", bool(devices), "; ".join(devices) if devices else "none found",
                         "" if devices else "plug the Coral USB Accelerator into a USB 3 port (or install the PCIe "
                         "driver gasket-dkms for M.2/PCIe); without one, models run on the CPU", required=False))
+    return checks + (model_checks(model) if model is not None else [])
+
+
+def _edgetpu_checks(path: Path) -> list[Check]:
+    """An Edge TPU model runs on a TPU (libedgetpu and a device) or, failing that, on its CPU twin:
+    one of the two is required."""
+    library, devices, twin = libedgetpu_path(), coral_usb_devices() + coral_pci_devices(), cpu_twin(path)
+    fallback = f"; until then its CPU twin {twin.name} runs (slower)" if twin else ""
+    if library is None:
+        detail, fix = "the model needs libedgetpu, which is not installed", INSTALL_LIBEDGETPU + fallback
+    elif not devices:
+        detail, fix = "libedgetpu is installed but no Coral device is present", (
+            "plug the Coral USB Accelerator into a USB 3 port (or install gasket-dkms for M.2/PCIe)" + fallback)
+    else:
+        detail, fix = f"{library} and {devices[0]}", ""
+    ready = not fix
+    return [Check("model: edge tpu", ready, detail, fix, required=twin is None),
+            Check("model: cpu twin", twin is not None,
+                  str(twin) if twin else "none beside it: without an Edge TPU the model cannot run",
+                  "" if twin else f"keep the CPU model it was compiled from ({path.name.replace('_edgetpu', '')}, "
+                                  "written by `edge-yolov9 convert`) in the same folder",
+                  required=not ready)]
+
+
+def model_checks(path: Path) -> list[Check]:
+    """Whether ``path`` is a readable TFLite model with metadata, what it needs to run, and whether the
+    interpreter loads it here (with the device that ``Detector(device='auto')`` would pick)."""
+    if not path.is_file():
+        return [Check("model", False, f"{path} not found", "check the path; convert one with `edge-yolov9 convert`")]
+    try:
+        tflite = read_tflite(path.read_bytes(), str(path))
+    except EdgeYoloError as err:
+        return [Check("model", False, err.problem, err.fix or "")]
+    target = "compiled for the Edge TPU" if tflite.compiled_for_edgetpu else "for the CPU"
+    checks = [Check("model", True, f"{path} (TFLite, {path.stat().st_size / 2**20:.2f} MiB, {target})")]
+    try:
+        info = read_model_info(path, tflite)
+    except EdgeYoloError as err:
+        checks.append(Check("model: metadata", False, err.problem, err.fix or ""))
+    else:
+        where = "sidecar " + path.with_suffix(".json").name if path.with_suffix(".json").is_file() else "embedded"
+        detail = (f"{where}: {len(info.labels)} classes ({', '.join(info.labels[:5])}"
+                  f"{', ...' if len(info.labels) > 5 else ''}), input {info.input.dtype} {info.size[0]}x{info.size[1]}"
+                  if info else "neither a sidecar .json nor embedded metadata")
+        checks.append(Check("model: metadata", info is not None, detail,
+                            "" if info else "pass the class names with --labels FILE, or re-convert with "
+                                            "`edge-yolov9 convert` (it embeds them)", required=False))
+    if tflite.compiled_for_edgetpu:
+        checks += _edgetpu_checks(path)
+    try:
+        detector = Detector(path, device="auto", threads=1)
+    except EdgeYoloError as err:
+        checks.append(Check("model: loads", False, err.problem, err.fix or ""))
+    else:
+        checks.append(Check("model: loads", True, f"{detector.model_path.name} allocated on {detector.device_used}"))
     return checks
 
 

@@ -16,6 +16,10 @@ class ImageError(EdgeYoloError):
     """An image that cannot be read or decoded."""
 
 
+class SourceError(EdgeYoloError):
+    """A detection source (image file, folder, video file, camera) that does not exist or cannot be opened."""
+
+
 class DatasetError(EdgeYoloError):
     """A dataset file (data.yaml, label file, annotation json) that is missing or malformed."""
 

@@ -1,9 +1,10 @@
 """Finding a TFLite interpreter and the Edge TPU delegate, with diagnoses instead of stack traces.
 
-Two interpreter packages exist: ``ai-edge-litert`` (current, NumPy 2 wheels for Python 3.10+) and
-the legacy ``tflite-runtime`` (last release 2.14, built against NumPy 1: it imports under NumPy 2
-but fails on first use). Edge TPU devices are named as pycoral and Frigate name them:
-``usb``, ``usb:0``, ``pci``, ``pci:0``, or ``:0`` for the first TPU of any kind.
+Two interpreter packages exist: ``ai-edge-litert`` (current; wheels for x86_64 and aarch64, none for
+32-bit ARM; its last for Python 3.9 is 2.1.0) and the legacy ``tflite-runtime`` (last release 2.14,
+also for armv7l, Python <= 3.11, built against NumPy 1: it imports under NumPy 2 but fails on first
+use). Edge TPU devices are named as pycoral and Frigate name them: ``usb``, ``usb:0``, ``pci``,
+``pci:0``, or ``:0`` for the first TPU of any kind.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def find_backend(prefer: str | None = None) -> Backend:
         return Backend(name, _package_version(name), module)
     raise RuntimeSetupError(
         "No usable TFLite interpreter: " + "; ".join(problems),
-        "pip install ai-edge-litert (Python >= 3.10), or for tflite-runtime: pip install tflite-runtime 'numpy<2'")
+        "pip install ai-edge-litert; where it has no wheel (32-bit ARM: armv7l, armv6l) pip install "
+        "tflite-runtime 'numpy<2' (Python <= 3.11)")
 
 
 @dataclass(frozen=True)

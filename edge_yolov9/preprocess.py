@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +18,8 @@ from .errors import ImageError
 
 PAD_VALUE = 114
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What the runtime accepts as one image: a file path, a PIL image or an (H, W, 3) uint8 array.
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -50,6 +53,19 @@ def as_rgb_array(image: np.ndarray) -> np.ndarray:
     if array.dtype != np.uint8:
         raise ImageError(f"Expected uint8 pixels, got {array.dtype}", "convert with array.astype(np.uint8)")
     return array[:, :, :3]
+
+
+def to_rgb(image: ImageInput, bgr: bool = False) -> np.ndarray:
+    """Any :data:`ImageInput` as an (H, W, 3) uint8 RGB array; ``bgr`` marks an array in OpenCV's order.
+    The one place that reads what callers pass, so single images and batches accept the same things."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"Cannot detect in a {type(image).__name__}", "pass a path, a PIL image or a numpy array")
+    array = as_rgb_array(image)
+    return array[:, :, ::-1] if bgr else array
 
 
 @dataclass(frozen=True)

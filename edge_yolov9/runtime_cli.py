@@ -30,35 +30,29 @@ def _detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .annotate import draw_detections
-    from .sources import describe, iter_frames
+    from .sources import describe
 
+    kind, total = describe(args.source)  # a missing source fails before the model loads
     detector = _detector(args)
-    kind, total = describe(args.source)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
     sink = open(args.json, "w") if args.json else None
     failures = frames = 0
     try:
-        progress = tqdm(iter_frames(args.source), total=total, unit="frame", disable=kind == "image")
-        for frame in progress:
+        for result in tqdm(detector.detect_many(args.source), total=total, unit="frame", disable=kind == "image"):
             frames += 1
-            record: dict = {"source": frame.name}
-            if frame.error is not None:
+            if result.error is not None:
                 failures += 1
-                logger.error("%s", frame.error)
-                record["error"] = str(frame.error.problem)
+                logger.error("%s", result.error)
             else:
-                detections = detector.detect(frame.image)
-                record["detections"] = [d.to_dict() for d in detections]
-                record["timing_ms"] = {k: round(v, 2) for k, v in vars(detector.timing).items()}
                 if args.save:
-                    name = Path(frame.name.replace("#", "_")).stem + ".jpg"
-                    draw_detections(frame.image, detections).save(args.save / name, quality=90)
+                    draw_detections(result.frame.image, result.detections).save(
+                        args.save / f"{result.frame.stem}.jpg", quality=90)
                 if kind == "image" and not sink:
-                    for det in detections:
+                    for det in result.detections:
                         print(f"{det.label:<16} {det.score:.3f}  " + " ".join(f"{v:.1f}" for v in det.box))
             if sink:
-                sink.write(json.dumps(record) + "\n")
+                sink.write(json.dumps(result.to_dict()) + "\n")
     finally:
         if sink:
             sink.close()
@@ -112,7 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import render, run_checks
 
-    checks = run_checks()
+    checks = run_checks(args.model)
     print_result([c.to_dict() for c in checks] if args.json else checks, args.json, render)
     return 0 if all(c.ok for c in checks if c.required) else 1
 
@@ -154,6 +148,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     doctor = add_command(
         subparsers, "doctor", _doctor, help="check this machine for what the runtime and the Coral need",
         description="Check Python, NumPy, the TFLite interpreter packages (and the NumPy 2 clash of "
-                    "tflite-runtime), the Edge TPU runtime (libedgetpu) and Coral devices on USB and PCIe. "
-                    "Each line is OK or says the fix. Exit 1 when a required check fails.")
+                    "tflite-runtime), the Edge TPU runtime (libedgetpu) and Coral devices on USB and PCIe; "
+                    "with --model, that the model reads as TFLite, has metadata, that an Edge TPU model has "
+                    "its TPU or a CPU twin, and that the interpreter loads it. Each line is OK or says the fix. "
+                    "Exit 1 when a required check fails.")
+    doctor.add_argument("--model", type=Path, help="also check this .tflite and what it needs to run")
     doctor.add_argument("--json", action="store_true", help="print JSON")

@@ -1,23 +1,38 @@
-"""Frames to detect in: an image, a folder of images, a video file or a camera (OpenCV, optional)."""
+"""Frames to detect in: an image, a folder of images, a video file or a camera (OpenCV, optional).
+
+Every kind of source becomes the same stream of :class:`Frame`, so batches over folders, videos,
+cameras and in-memory images are handled by one loop (``Detector.detect_many``). A frame that
+cannot be read is a Frame with an ``error``, not an exception: one bad file does not end a batch.
+A source that cannot be opened at all raises a :class:`SourceError` that says how to fix it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
-from .errors import EdgeYoloError, ImageError, MissingDependencyError
-from .preprocess import IMAGE_SUFFIXES, load_image
+from .errors import EdgeYoloError, ImageError, MissingDependencyError, SourceError
+from .preprocess import IMAGE_SUFFIXES, ImageInput, to_rgb
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# A source as the CLI takes it: a path (image, folder, video file) or a camera index.
+Source = Union[str, os.PathLike, int]
+REENCODE = ("the file is corrupt or its codec is not in this OpenCV build; re-encode it, "
+            "e.g. `ffmpeg -i {path} -c:v libx264 out.mp4`")
 
 
 class Frame(NamedTuple):
-    """One frame: ``image`` (RGB) or the ``error`` that prevented reading it."""
+    """One frame: ``image`` (RGB), or the ``error`` that prevented reading it.
+
+    ``name`` is what reports call it (the image's path, or 'clip.mp4#12' / 'camera0#12' for the 13th
+    frame of a stream); ``stem`` is a file-name stem unique within the source, for derived files.
+    """
 
     name: str
+    stem: str
     image: np.ndarray | None
     error: EdgeYoloError | None = None
 
@@ -30,55 +45,100 @@ def _opencv():
     return cv2
 
 
-def describe(source: str) -> tuple[str, int | None]:
-    """The kind of ``source`` ('image', 'folder', 'video', 'camera') and its frame count when known."""
-    if source.isdigit():
-        return "camera", None
+def _camera_index(source: Source) -> int | None:
+    if isinstance(source, int):
+        return source
+    return int(source) if isinstance(source, str) and source.isdigit() else None
+
+
+def kind_of(source: Source) -> str:
+    """'image', 'folder', 'video' or 'camera'; a SourceError when the path does not exist."""
+    if _camera_index(source) is not None:
+        return "camera"
     path = Path(source)
     if path.is_dir():
-        return "folder", len(folder_images(path))
+        return "folder"
     if not path.exists():
-        raise EdgeYoloError(f"Source not found: {source}", "pass an image, a folder, a video file or a camera index")
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        capture = _opencv().VideoCapture(str(path))
-        count = int(capture.get(7))  # CAP_PROP_FRAME_COUNT
+        raise SourceError(f"Source not found: {path}", "pass an image, a folder, a video file or a camera index")
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def describe(source: Source) -> tuple[str, int | None]:
+    """The kind of ``source`` and its frame count when known (none for cameras and some video containers)."""
+    kind = kind_of(source)
+    if kind == "folder":
+        return kind, len(folder_images(Path(source)))
+    if kind == "video":
+        cv2 = _opencv()
+        capture = cv2.VideoCapture(os.fspath(source))
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         capture.release()
-        return "video", count if count > 0 else None
-    return "image", 1
+        return kind, count if count > 0 else None
+    return kind, (1 if kind == "image" else None)
 
 
 def folder_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), in sorted order."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _video_frames(target: str | int, name: str) -> Iterator[Frame]:
+def _read(name: str, stem: str, image: ImageInput, bgr: bool = False) -> Frame:
+    try:
+        return Frame(name, stem, to_rgb(image, bgr))
+    except ImageError as err:
+        return Frame(name, stem, None, err)
+
+
+def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
     cv2 = _opencv()
     capture = cv2.VideoCapture(target)
     if not capture.isOpened():
-        raise EdgeYoloError(f"Cannot open {name}", "check the file or the camera index (`ls /dev/video*`)")
+        capture.release()
+        if isinstance(target, int):
+            raise SourceError(f"Cannot open camera {target}",
+                              "list the cameras with `ls /dev/video*` (or `v4l2-ctl --list-devices`) and pass an "
+                              "existing index; check that no other program holds the camera")
+        raise SourceError(f"Cannot open video {target}", REENCODE.format(path=target))
     try:
         index = 0
         while True:
             ok, bgr = capture.read()
             if not ok:
-                return
-            yield Frame(f"{name}#{index}", np.ascontiguousarray(bgr[:, :, ::-1]))
+                break
+            yield Frame(f"{name}#{index}", f"{stem}_{index:06d}", np.ascontiguousarray(bgr[:, :, ::-1]))
             index += 1
     finally:
         capture.release()
+    if index == 0 and not isinstance(target, int):
+        raise SourceError(f"No frame of video {target} could be decoded", REENCODE.format(path=target))
 
 
-def iter_frames(source: str) -> Iterator[Frame]:
+def iter_frames(source: Source) -> Iterator[Frame]:
     """Frames of ``source`` in order; an unreadable image becomes a Frame with an error, not an exception."""
-    kind, _ = describe(source)
+    kind = kind_of(source)
     if kind == "camera":
-        yield from _video_frames(int(source), f"camera{source}")
+        index = _camera_index(source)
+        yield from _stream_frames(index, f"camera{index}", f"camera{index}")
     elif kind == "video":
-        yield from _video_frames(os.fspath(source), Path(source).name)
+        path = Path(source)
+        yield from _stream_frames(os.fspath(path), path.name, path.stem)
+    elif kind == "image":
+        path = Path(source)
+        yield _read(str(path), path.stem, path)
     else:
-        paths = folder_images(Path(source)) if kind == "folder" else [Path(source)]
+        folder = Path(source)
+        paths = folder_images(folder)
+        if not paths:
+            raise SourceError(f"No images in folder {folder}", f"add images ({' '.join(IMAGE_SUFFIXES)}) or pass "
+                                                               "another folder")
         for path in paths:
-            try:
-                yield Frame(str(path), load_image(path))
-            except ImageError as err:
-                yield Frame(str(path), None, err)
+            yield _read(str(path), "_".join(path.relative_to(folder).with_suffix("").parts), path)
+
+
+def image_frames(images: Iterable[ImageInput], bgr: bool = False) -> Iterator[Frame]:
+    """Frames of in-memory images or image paths, in order; ``bgr`` marks arrays in OpenCV's order."""
+    for index, image in enumerate(images):
+        if isinstance(image, (str, os.PathLike)):
+            yield _read(os.fspath(image), Path(image).stem, image)
+        else:
+            yield _read(f"image#{index}", f"image_{index:06d}", image, bgr)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 import torch
 
 from edge_yolov9.cli import main
-from support.conversions import shared_artifact, trained_like
+from support.conversions import convert_side_by_side, shared_artifact, trained_like, with_pinned_class
 from train.checkpoint import save_checkpoint
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -68,30 +66,26 @@ def ball_checkpoint(tmp_path_factory, ultralytics_t_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def conversions(tmp_path_factory, ball_checkpoint, coco128) -> Path:
-    """Two ``edge-yolov9 convert --edgetpu`` runs, side by side in subprocesses (one core each), with no
+    """Four ``edge-yolov9 convert --edgetpu`` runs, side by side in subprocesses (one core each), with no
     edgetpu_compiler on PATH: ``320/`` the real model with int8 I/O; ``416/`` a shallower GELAN-T
-    (csp_depth 1: the same ops, faster to convert; 80 classes) with --uint8-io, calibrated from a data.yaml."""
+    (csp_depth 1: the same ops, faster to convert; 80 classes) with --uint8-io, calibrated from a data.yaml;
+    ``512/`` that GELAN-T at 512; ``frigate/`` the real model with a second, never-scoring class (Frigate's
+    layout needs two) in the frigate layout, calibrated as ``320/``."""
     def produce(folder: Path) -> None:
         imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
         save_checkpoint(folder / "shallow-t.pt", trained_like(imgs, csp_depth=1), [f"class{i}" for i in range(80)])
+        with_pinned_class(ball_checkpoint, folder / "ball-2class.pt")
         (folder / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nnames: [a]\n")
-        runs = {
-            "320": ["--model", str(ball_checkpoint), "--imgsz", "320", "--calib", str(coco128 / "images" / "train2017"),
-                    "--calib-images", "16"],
+        coco_images = str(coco128 / "images" / "train2017")
+        convert_side_by_side(folder, {
+            "320": ["--model", str(ball_checkpoint), "--imgsz", "320", "--calib", coco_images, "--calib-images", "16"],
             "416": ["--model", str(folder / "shallow-t.pt"), "--imgsz", "416", "--calib", str(folder / "data.yaml"),
                     "--calib-images", "4", "--uint8-io"],
-        }
-        env = {**os.environ, "PATH": str(folder / "no-compiler-here"), "OMP_NUM_THREADS": "1"}
-        processes = {}
-        for name, args in runs.items():
-            (folder / name).mkdir()
-            log = open(folder / name / "stdout.txt", "w")
-            processes[name] = (log, subprocess.Popen(
-                [sys.executable, "-m", "edge_yolov9.cli", "convert", *args, "--edgetpu", "-o", str(folder / name / "out")],
-                stdout=log, stderr=subprocess.STDOUT, env=env))
-        for name, (log, process) in processes.items():
-            (folder / name / "exit_code").write_text(str(process.wait(timeout=900)))
-            log.close()
+            "512": ["--model", str(folder / "shallow-t.pt"), "--imgsz", "512", "--calib", coco_images,
+                    "--calib-images", "4"],
+            "frigate": ["--model", str(folder / "ball-2class.pt"), "--imgsz", "320", "--calib", coco_images,
+                        "--calib-images", "16", "--layout", "frigate"],
+        })
 
     return shared_artifact(tmp_path_factory, "convert-runs", produce)
 
@@ -104,5 +98,15 @@ def out320(conversions) -> Path:
 @pytest.fixture(scope="session")
 def out416(conversions) -> Path:
     return conversions / "416"
+
+
+@pytest.fixture(scope="session")
+def out512(conversions) -> Path:
+    return conversions / "512"
+
+
+@pytest.fixture(scope="session")
+def out_frigate(conversions) -> Path:
+    return conversions / "frigate"
 
 

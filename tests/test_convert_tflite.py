@@ -1,4 +1,5 @@
-"""Flatbuffer tools, the quantizer's annotations, calibration input: fast tests, no conversion.
+"""Flatbuffer tools, the quantizer's annotations, calibration input, input sizes: fast tests, and the
+checks of the 512 conversion of the session fixture (tests/conftest.py ``conversions``).
 
 The hand-built tiny models here (``int8_add_model``...) are shared with test_edgetpu.py.
 """
@@ -265,6 +266,51 @@ def test_quantizer_annotates_every_op_of_the_export_graph():
     assert (float(scale), int(zero_point)) == (pytest.approx(1 / 256), -128)
 
 
+def test_quantizer_concatenates_rows_without_requantizing():
+    """The frigate layout: per level, NHWC map -> (1, H*W, C) rows, levels concatenated. The box convs and
+    their concatenation share one calibrated scale; the class convs and theirs keep the fixed output
+    qparams, so no edge of either concatenation needs a requantization."""
+    import torch
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from convert.quantizer import EdgeQuantizer
+
+    class TwoLevels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, 2, 1)
+            self.box = torch.nn.ModuleList(torch.nn.Conv2d(8, 4, 1) for _ in range(2))
+            self.cls = torch.nn.ModuleList(torch.nn.Conv2d(8, 3, 1) for _ in range(2))
+
+        def forward(self, x):
+            x = self.stem(x.permute(0, 3, 1, 2))
+            levels = [x, F.max_pool2d(x, 2)]
+            rows = [[t.permute(0, 2, 3, 1).reshape(1, -1, t.shape[1]) for t in (box(f), cls(f))]
+                    for f, box, cls in zip(levels, self.box, self.cls)]
+            return torch.cat([box for box, _ in rows], 1), torch.cat([cls for _, cls in rows], 1)
+
+    torch.manual_seed(0)
+    graph = torch.export.export(TwoLevels().eval(), (torch.rand(1, 8, 8, 3),)).module()
+    prepared = prepare_pt2e(graph, EdgeQuantizer(fixed_outputs={1: (1 / 16, 0)}))
+    prepared(torch.rand(1, 8, 8, 3))
+
+    def qparams(node):
+        [observer] = [u for u in node.users if u.op == "call_module"]
+        scale, zero_point = getattr(prepared, observer.target).calculate_qparams()
+        return float(scale), int(zero_point)
+
+    nodes = [n for n in prepared.graph.nodes if n.op == "call_function"]
+    convs = [n for n in nodes if "conv2d" in str(n.target)][1:]  # box 0, cls 0, box 1, cls 1
+    box_cat, cls_cat = [n for n in nodes if "cat" in str(n.target)]
+    assert len({qparams(n) for n in (*convs[0::2], box_cat)}) == 1
+    assert {qparams(n) for n in (*convs[1::2], cls_cat)} == {(1 / 16, 0)}
+    for cat in (box_cat, cls_cat):  # one observer between each block of rows and the concatenation
+        for edge in cat.args[0]:
+            assert edge.op == "call_module" and "reshape" in str(edge.args[0].target)
+            assert qparams(edge.args[0]) == qparams(cat)
+
+
 # ------------------------------------------------------------------------------------- calibration
 def test_calibration_images_are_capped_spread_and_deterministic(coco128):
     from convert.calibration import find_calibration_images
@@ -331,3 +377,30 @@ def test_unsupported_input_sizes_say_which_are(imgsz):
     with pytest.raises(EdgeYoloError, match=f"Input size {imgsz}") as err:
         validate_imgsz(imgsz)
     assert "256, 288, 320" in err.value.fix
+
+
+def test_512_conversion(out512, coco128):
+    """The largest tested size (issue: 320, 416 and 512 tested), as the 416 run is checked: int8 I/O here,
+    calibrated from an image folder."""
+    import json
+
+    from convert.edgetpu import precheck
+    from convert.export import check_fully_integer
+    from edge_yolov9.detector import Detector
+
+    assert (out512 / "exit_code").read_text() == "3", (out512 / "stdout.txt").read_text()
+    path = out512 / "out" / "model_int8.tflite"
+    model = TFLiteModel.from_file(path)
+    [image] = model.inputs
+    assert (image.dtype, image.shape, image.quantization) == ("int8", (1, 512, 512, 3), (np.float32(1 / 255), -128))
+    assert [t.shape for t in model.outputs] == [(1, 64, 64, 64), (1, 64, 64, 80), (1, 32, 32, 64),
+                                                (1, 32, 32, 80), (1, 16, 16, 64), (1, 16, 16, 80)]
+    assert {t.dtype for t in model.outputs} == {"int8"}
+    assert {t.quantization for t in model.outputs[1::2]} == {(1 / 16, 0)}
+    check_fully_integer(model)
+    assert precheck(model).verdict == "PASS"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["input"]["size"] == [512, 512] and meta["calibration"]["images"] == 4 and meta["layout"] == "raw"
+    detector = Detector(path, device="cpu", threads=1, score_threshold=0.001)
+    detector.detect(next((coco128 / "images" / "train2017").glob("*.jpg")))
+    assert detector.info.size == (512, 512) and detector.timing.invoke > 0

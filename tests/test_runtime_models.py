@@ -18,7 +18,7 @@ from edge_yolov9.interpreter import RuntimeSetupError
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
 from edge_yolov9.types import Box
-from support.conversions import CONFIDENT_IMAGES
+from support.conversions import CONFIDENT_IMAGES, fake_edgetpu_model
 from train.checkpoint import load_checkpoint
 from train.models.deploy import deploy_model
 
@@ -71,19 +71,6 @@ def test_model_without_metadata_takes_explicit_labels(out320, tmp_path, coco128)
     assert [d.box for d in detector.detect(image)] == [d.box for d in reference]
     with pytest.raises(ModelError, match="1 classes"):
         Detector(bare, device="cpu", labels=["ball", "net"])
-
-
-def fake_edgetpu_model(source, target):
-    """A copy of ``source`` that declares the Edge TPU custom op, as an edgetpu_compiler output does."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = TFLiteModel.from_file(source)
-    code = schema.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-    code.customCode = "edgetpu-custom-op"
-    code.version = 1
-    model._model.operatorCodes.append(code)
-    return model.save(target)
 
 
 def test_edgetpu_model_without_a_tpu_falls_back_to_its_cpu_twin(out320, tmp_path, coco128, caplog):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +13,7 @@ import torch
 from filelock import FileLock
 
 from edge_yolov9.preprocess import letterbox, load_image
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.models import create_model
 
 OUTPUT_NAMES = ["box_stride8", "cls_stride8", "box_stride16", "cls_stride16", "box_stride32", "cls_stride32"]
@@ -32,10 +35,27 @@ def shared_artifact(tmp_path_factory, name: str, produce: Callable[[Path], None]
     return folder
 
 
-def trained_like(imgs: list[Path], **overrides) -> torch.nn.Module:
-    """A random GELAN-T with BatchNorm statistics estimated on real images (realistic activation ranges)."""
+def convert_side_by_side(folder: Path, runs: dict[str, list[str]]) -> None:
+    """``edge-yolov9 convert ARGS --edgetpu -o folder/NAME/out`` for every run, in parallel subprocesses
+    (one core each) with no edgetpu_compiler on PATH; each leaves ``stdout.txt`` and ``exit_code``."""
+    env = {**os.environ, "PATH": str(folder / "no-compiler-here"), "OMP_NUM_THREADS": "1"}
+    processes = {}
+    for name, args in runs.items():
+        (folder / name).mkdir()
+        log = open(folder / name / "stdout.txt", "w")
+        processes[name] = (log, subprocess.Popen(
+            [sys.executable, "-m", "edge_yolov9.cli", "convert", *args, "--edgetpu", "-o", str(folder / name / "out")],
+            stdout=log, stderr=subprocess.STDOUT, env=env))
+    for name, (log, process) in processes.items():
+        (folder / name / "exit_code").write_text(str(process.wait(timeout=900)))
+        log.close()
+
+
+def trained_like(imgs: list[Path], name: str = "gelan-t", **overrides) -> torch.nn.Module:
+    """A random detector (GELAN-T unless ``name`` says otherwise, 80 classes) with BatchNorm statistics
+    estimated on real images: realistic activation ranges (also used by benchmarks/latency.py)."""
     torch.manual_seed(0)
-    model = create_model("gelan-t", num_classes=80, **overrides)
+    model = create_model(name, num_classes=80, **overrides)
     batch = torch.stack([torch.from_numpy(letterbox(load_image(p), 256)[0]).permute(2, 0, 1) for p in imgs]) / 255
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -44,3 +64,37 @@ def trained_like(imgs: list[Path], **overrides) -> torch.nn.Module:
     with torch.no_grad():
         model.train()(batch)
     return model.eval()
+
+
+def with_pinned_class(checkpoint: Path, target: Path, label: str = "never", logit: float = -20.0) -> Path:
+    """The detector of ``checkpoint`` with one more class whose logit is ``logit`` everywhere (zero weights,
+    far below the int8 range): its own classes compute exactly what they did, and it has the two classes
+    Frigate's layout needs."""
+    model, labels, _ = load_checkpoint(checkpoint)
+    wider = create_model(model.cfg.replace(num_classes=len(labels) + 1))
+    state = model.state_dict()
+    grown = {}
+    for key, value in wider.state_dict().items():
+        old = state[key]
+        if old.shape != value.shape:  # the last class convs: one more output channel
+            value = torch.zeros_like(value) if key.endswith("weight") else torch.full_like(value, logit)
+            value[: len(old)] = old
+            old = value
+        grown[key] = old
+    wider.load_state_dict(grown)
+    return save_checkpoint(target, wider, [*labels, label])
+
+
+def fake_edgetpu_model(source: Path, target: Path) -> Path:
+    """A copy of ``source`` that declares the Edge TPU custom op, as an edgetpu_compiler output does."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from convert.tflite_model import TFLiteModel
+
+    model = TFLiteModel.from_file(source)
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = "edgetpu-custom-op"
+    code.version = 1
+    model._model.operatorCodes.append(code)
+    return model.save(target)

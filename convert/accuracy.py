@@ -1,0 +1,194 @@
+"""How much accuracy the conversion costs: COCO mAP of the PyTorch model, the float TFLite and the int8
+TFLite on one labelled val set, side by side, with a pass/fail verdict on the int8 drop.
+
+The TFLite models are scored through the runtime's own :class:`~edge_yolov9.detector.Detector`
+(letterbox, interpreter, integer thresholding, shared decoder and NMS), so the figures are those of
+what runs on the Pi, not of a re-implementation. All three use the COCO-evaluation post-processing
+(:meth:`PostprocessConfig.for_evaluation`) and the same letterboxed input size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edge_yolov9.detector import Detector
+from edge_yolov9.errors import ModelError
+from edge_yolov9.postprocess import PostprocessConfig
+from edge_yolov9.types import Detection
+from train.data import load_data_config
+from train.evaluate import CocoEvalSet, Detections, EvalSet, Metrics, TorchPredictor, evaluate, load_eval_set
+from train.models import YOLO
+
+logger = logging.getLogger(__name__)
+
+VAL_SPLIT = "val"
+EVALUATION = PostprocessConfig.for_evaluation()
+
+
+class TFLitePredictor:
+    """A converted .tflite as a :data:`~train.evaluate.BatchPredictor`, run on the CPU by the runtime's
+    Detector with the COCO-evaluation thresholds."""
+
+    def __init__(self, model: Path, *, threads: int | None = None):
+        self.detector = Detector(model, device="cpu", threads=threads, score_threshold=EVALUATION.score_threshold,
+                                 iou_threshold=EVALUATION.iou_threshold, max_detections=EVALUATION.max_detections,
+                                 multi_label=EVALUATION.multi_label)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        return [as_detections(self.detector.detect(image)) for image in images]
+
+
+def as_detections(found: Sequence[Detection]) -> Detections:
+    """The runtime's detections of one image as the evaluator's arrays."""
+    return Detections(np.array([d.box for d in found], np.float32).reshape(-1, 4),
+                      np.array([d.score for d in found], np.float32), np.array([d.class_id for d in found], np.int64))
+
+
+@dataclass(frozen=True)
+class ValSet:
+    """The labelled images the report scores on, and where they come from (named in the report)."""
+
+    data: Path
+    split: str | None  # None for a COCO json given directly
+    eval_set: EvalSet
+
+    @property
+    def annotations(self) -> str:
+        return str(self.eval_set.json_path) if isinstance(self.eval_set, CocoEvalSet) else "YOLO labels"
+
+    def describe(self) -> str:
+        where = f"`{self.data}`" + (f", split `{self.split}`" if self.split else "")
+        return f"{where} ({self.annotations})"
+
+
+def find_val_set(calib: Path, val: Path | None, labels: Sequence[str]) -> ValSet | None:
+    """``val`` (a data.yaml or dataset folder: its val split, with its ``val_json`` when declared; or a COCO
+    json), else the val split of a ``calib`` data.yaml; None when ``calib`` is an image folder or a
+    data.yaml without a val split (nothing labelled to score against)."""
+    if val is None:
+        if calib.is_dir() or VAL_SPLIT not in load_data_config(calib).splits:
+            return None
+        val = calib
+    split = None if val.suffix == ".json" else VAL_SPLIT
+    val_set = ValSet(val, split, load_eval_set(val, split=VAL_SPLIT))
+    if len(val_set.eval_set.names) != len(labels):
+        raise ModelError(f"The model detects {len(labels)} classes but the accuracy val set {val} has "
+                         f"{len(val_set.eval_set.names)}",
+                         "pass --val with data of the model's classes, or --no-accuracy to skip the report")
+    if list(val_set.eval_set.names) != list(labels):
+        logger.warning("The model's class names (%s, ...) differ from those of %s (%s, ...); the model's class k "
+                       "is scored as the data's class k", labels[0], val, val_set.eval_set.names[0])
+    return val_set
+
+
+@dataclass(frozen=True)
+class ModelAccuracy:
+    """COCO scores of one model on the val set."""
+
+    model: str
+    file: str
+    map50_95: float
+    map50: float
+    images: int
+    instances: int
+
+    @classmethod
+    def from_metrics(cls, model: str, file: str, metrics: Metrics) -> "ModelAccuracy":
+        return cls(model, file, metrics.map50_95, metrics.map50, metrics.num_images, metrics.num_instances)
+
+
+def _ap_points(map_difference: float) -> float:
+    """mAP difference in AP points, rounded so that float noise does not decide a verdict at the limit."""
+    return round(100 * map_difference, 6)
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """PyTorch vs float vs int8 TFLite; ``drop`` is the int8 model's loss of mAP50-95 in AP points (1 AP =
+    0.01 mAP; negative when int8 scores higher), ``passed`` whether it is within ``max_drop``."""
+
+    val: str
+    imgsz: int
+    pytorch: ModelAccuracy
+    float_tflite: ModelAccuracy
+    int8_tflite: ModelAccuracy
+    max_drop: float
+    postprocess: PostprocessConfig = EVALUATION
+
+    @property
+    def rows(self) -> tuple[ModelAccuracy, ModelAccuracy, ModelAccuracy]:
+        return self.pytorch, self.float_tflite, self.int8_tflite
+
+    @property
+    def drop(self) -> float:
+        return _ap_points(self.pytorch.map50_95 - self.int8_tflite.map50_95)
+
+    @property
+    def drop50(self) -> float:
+        return _ap_points(self.pytorch.map50 - self.int8_tflite.map50)
+
+    @property
+    def passed(self) -> bool:
+        return self.drop <= self.max_drop
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    def thresholds(self) -> str:
+        post = self.postprocess
+        return (f"conf {post.score_threshold:g}, NMS IoU {post.iou_threshold:g}, up to {post.max_detections} "
+                f"detections per image{', multi-label' if post.multi_label else ''}")
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (f"int8 accuracy {self.verdict}: mAP50-95 PyTorch {self.pytorch.map50_95:.4f}, float TFLite "
+                f"{self.float_tflite.map50_95:.4f}, int8 TFLite {self.int8_tflite.map50_95:.4f} "
+                f"(drop {self.drop:.2f} AP, allowed {self.max_drop:g}) on {self.pytorch.images} images")
+
+    def to_dict(self) -> dict[str, Any]:
+        post = self.postprocess
+        return {"verdict": self.verdict, "val": self.val, "imgsz": self.imgsz,
+                "postprocess": {"score_threshold": post.score_threshold, "iou_threshold": post.iou_threshold,
+                                "max_detections": post.max_detections, "multi_label": post.multi_label},
+                "models": [asdict(row) for row in self.rows],
+                "drop_ap": self.drop, "drop_ap50": self.drop50, "max_drop": self.max_drop}
+
+    def render(self) -> str:
+        """The Markdown report (also what the CLI prints)."""
+        lines = [f"# int8 accuracy: {self.verdict}", "",
+                 f"Val set: {self.val}, {self.pytorch.images} images, {self.pytorch.instances} objects.  ",
+                 f"COCO mAP (faster-coco-eval) at {self.imgsz}x{self.imgsz}; {self.thresholds()}.", "",
+                 "| model | file | mAP50-95 | mAP50 | images | instances |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.model} | {r.file} | {r.map50_95:.4f} | {r.map50:.4f} | {r.images} | {r.instances} |"
+                  for r in self.rows]
+        lines += ["", f"int8 vs PyTorch: {self.drop:+.2f} AP drop in mAP50-95 ({self.drop50:+.2f} in mAP50); "
+                      f"allowed {self.max_drop:g} AP (--max-drop): {self.verdict}."]
+        return "\n".join(lines) + "\n"
+
+    def save(self, stem: Path) -> None:
+        """``<stem>.json`` and ``<stem>.md``."""
+        stem.with_suffix(".json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        stem.with_suffix(".md").write_text(self.render())
+
+
+def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, int8_model: Path, *,
+                     max_drop: float, batch_size: int = 8) -> AccuracyReport:
+    """Score the deploy-form PyTorch model (from ``checkpoint``) and the two TFLite models on ``val_set``,
+    at the TFLite models' input size."""
+    float_predictor, int8_predictor = TFLitePredictor(float_model), TFLitePredictor(int8_model)
+    imgsz = int8_predictor.detector.info.size[0]
+    logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
+                len(val_set.eval_set.image_paths))
+    scores = [ModelAccuracy.from_metrics(name, file, evaluate(val_set.eval_set, predictor,
+                                                              batch_size=batch_size).metrics)
+              for name, file, predictor in (("PyTorch fp32", checkpoint.name, TorchPredictor(deployed, imgsz)),
+                                            ("float TFLite", float_model.name, float_predictor),
+                                            ("int8 TFLite", int8_model.name, int8_predictor))]
+    return AccuracyReport(val_set.describe(), imgsz, *scores, max_drop=max_drop)

@@ -1,0 +1,78 @@
+"""Frigate's Edge TPU ``yolo-generic`` contract: which models fit it, its label file, its config.
+
+Frigate's ``edgetpu`` detector with ``model_type: yolo-generic`` reads two rank-3 outputs: box bins
+(1, N, 64) (sides l, t, r, b x 16 DFL bins) and class logits (1, N, NC), N the anchors of strides
+8, 16 and 32, each level row-major, finest first. It tells them apart by the last dimension alone
+(64: boxes, > 1: classes) and feeds an int8 input ``pixel xor 128``, which is our fixed input
+quantization. This module holds no torch: the checks run before any conversion work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from edge_yolov9.errors import ModelError
+
+# The output layouts of the export (convert.export): per-level head maps, or Frigate's. Kept here,
+# in a module that imports nothing heavy, so the CLI can offer them without importing torch.
+LAYOUTS = ("raw", "frigate")
+LABELMAP = "labelmap.txt"
+EDGETPU_MODEL = "model_int8_edgetpu.tflite"  # what edgetpu_compiler writes for model_int8.tflite
+BOX_CHANNELS = 64
+STRIDES = (8, 16, 32)
+MIN_VERSION = "0.17"  # the first Frigate release whose edgetpu detector decodes yolo-generic
+
+
+def check_compatible(labels: Sequence[str], reg_max: int, strides: Sequence[int]) -> None:
+    """Raise, naming every reason, if Frigate could not read a model with these labels and head."""
+    problems = []
+    if len(labels) < 2:
+        problems.append(f"it has {len(labels)} class: Frigate finds the class tensor by a last dimension > 1")
+    if len(labels) == BOX_CHANNELS:
+        problems.append(f"it has {BOX_CHANNELS} classes: Frigate finds the box tensor by a last dimension of "
+                        f"{BOX_CHANNELS}, so it could take the class tensor for the boxes")
+    if 4 * reg_max != BOX_CHANNELS:
+        problems.append(f"its boxes have {4 * reg_max} bins (reg_max {reg_max}): Frigate reads 4 sides x 16")
+    if tuple(strides) != STRIDES:
+        problems.append(f"its strides are {tuple(strides)}: Frigate builds anchors for {STRIDES}")
+    broken = [label for label in labels if "\n" in label or "\r" in label]
+    if broken:
+        problems.append(f"labels {broken!r} hold line breaks, which {LABELMAP} cannot")
+    if problems:
+        raise ModelError("The frigate layout cannot hold this model: " + "; ".join(problems),
+                         "convert with --layout raw (the edge-yolov9 runtime reads any class count), or train "
+                         f"a model with 2 to {BOX_CHANNELS - 1} or more than {BOX_CHANNELS} classes")
+
+
+def write_labelmap(path: Path, labels: Sequence[str]) -> Path:
+    """Frigate's label file: ``<class id> <label>`` per line. Frigate also reads bare labels (index =
+    line number), but takes the indexed form whenever the first line starts with a number, so a bare
+    label such as '3 wheeler' first would be misread; the indexed form is never ambiguous."""
+    path.write_text("".join(f"{index} {label}\n" for index, label in enumerate(labels)))
+    return path
+
+
+def instructions(out_dir: Path, imgsz: int, compiled: bool, folder: str = "/config/model_cache") -> str:
+    """How to use a converted model in Frigate: the ``detectors``/``model`` part of its config (and the
+    compile step first when the Edge TPU model was not written)."""
+    compile_step = [] if compiled else [
+        "# Frigate's edgetpu detector runs the compiled model; compile it first (x86-64 Linux):",
+        f"#   edge-yolov9 edgetpu {out_dir / 'model_int8.tflite'} --compile"]
+    return "\n".join([
+        *compile_step,
+        f"# Frigate {MIN_VERSION} or newer: copy {out_dir / EDGETPU_MODEL} and {out_dir / LABELMAP} into {folder}/",
+        "detectors:",
+        "  coral:",
+        "    type: edgetpu",
+        "    device: usb",
+        "model:",
+        f"  path: {folder}/{EDGETPU_MODEL}",
+        f"  labelmap_path: {folder}/{LABELMAP}",
+        "  model_type: yolo-generic",
+        f"  width: {imgsz}",
+        f"  height: {imgsz}",
+        "  input_tensor: nhwc",
+        "  input_pixel_format: rgb",
+        "  input_dtype: int",
+    ])
