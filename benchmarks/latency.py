@@ -1,8 +1,8 @@
 """Float vs int8 TFLite invoke latency (median, p90) with ai-edge-litert on 2 threads, GELAN-T and GELAN-S
 at 320, 416 and 640 (issue "Convert").
 
-The models have random weights with BatchNorm statistics estimated on real images (the test suite's
-``trained_like``): latency does not depend on the weights, but realistic activation ranges keep
+The models have random weights with BatchNorm statistics estimated on real images
+(``train.models.batchnorm``): latency does not depend on the weights, but realistic activation ranges keep
 the float model clear of denormals and give the int8 model the ranges a trained one has. The int8
 model is calibrated on a few coco128 images from ../shared, or on the built-in synthetic shapes
 when ../shared is absent. Conversions are the slow part, so both models of each (variant, size)
@@ -42,14 +42,16 @@ def converted(name: str, size: int, calib_images: int, work: Path, fresh: bool) 
     paths = work / f"{name}_{size}_float.tflite", work / f"{name}_{size}_int8.tflite"
     if not fresh and all(p.is_file() for p in paths):
         return paths
-    sys.path.insert(0, str(ROOT / "tests"))
-    from support.conversions import trained_like
+    import torch
 
     from convert.calibration import calibration_set
     from convert.export import convert_float, convert_int8, prepare_for_export
+    from train.models import create_model
+    from train.models.batchnorm import estimate_batchnorm_statistics
 
     calibration = calibration_set(calibration_source(), size, calib_images)
-    model = prepare_for_export(trained_like(calibration.images, name=name))
+    torch.manual_seed(0)
+    model = prepare_for_export(estimate_batchnorm_statistics(create_model(name, num_classes=80), calibration.images))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     convert_float(model, size).save(paths[0])

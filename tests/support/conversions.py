@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from filelock import FileLock
 
-from edge_yolov9.preprocess import letterbox, load_image
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.models import create_model
+from train.models.batchnorm import estimate_batchnorm_statistics
 
 OUTPUT_NAMES = ["box_stride8", "cls_stride8", "box_stride16", "cls_stride16", "box_stride32", "cls_stride32"]
 # Images of coco128 on which the imported 'ball' model has confident detections (sports balls).
@@ -53,17 +53,9 @@ def convert_side_by_side(folder: Path, runs: dict[str, list[str]]) -> None:
 
 def trained_like(imgs: list[Path], name: str = "gelan-t", **overrides) -> torch.nn.Module:
     """A random detector (GELAN-T unless ``name`` says otherwise, 80 classes) with BatchNorm statistics
-    estimated on real images: realistic activation ranges (also used by benchmarks/latency.py)."""
+    estimated on real images: realistic activation ranges."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=80, **overrides)
-    batch = torch.stack([torch.from_numpy(letterbox(load_image(p), 256)[0]).permute(2, 0, 1) for p in imgs]) / 255
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the batch
-    with torch.no_grad():
-        model.train()(batch)
-    return model.eval()
+    return estimate_batchnorm_statistics(create_model(name, num_classes=80, **overrides), imgs)
 
 
 def with_pinned_class(checkpoint: Path, target: Path, label: str = "never", logit: float = -20.0) -> Path:
