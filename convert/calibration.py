@@ -17,14 +17,11 @@ import numpy as np
 
 from edge_yolov9.errors import DatasetError, ImageError
 from edge_yolov9.preprocess import IMAGE_SUFFIXES, letterbox, load_image
+from edge_yolov9.sources import folder_images
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_IMAGES = 300
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _train_split_images(data_yaml: Path) -> list[Path]:
@@ -44,7 +41,7 @@ def _train_split_images(data_yaml: Path) -> list[Path]:
     for entry in entries:
         location = root / entry
         if location.is_dir():
-            images += _images_in(location)
+            images += folder_images(location)
         elif location.suffix == ".txt" and location.is_file():
             lines = [line.strip() for line in location.read_text().splitlines() if line.strip()]
             images += [p if p.is_absolute() else root / p for p in map(Path, lines)]
@@ -60,7 +57,7 @@ def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALI
     if limit < 1:
         raise DatasetError(f"--calib-images must be at least 1, got {limit}", "pass e.g. --calib-images 300")
     if source.is_dir():
-        images = _images_in(source)
+        images = folder_images(source)
     elif source.is_file() and source.suffix in (".yaml", ".yml"):
         images = _train_split_images(source)
     else:
