@@ -132,14 +132,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="outputs: raw = six per-level NHWC maps; frigate = the two (1, N, C) tensors of "
                               "Frigate's Edge TPU yolo-generic detector (box bins, class logits; needs >= 2 "
                               "classes, not 64), with OUT/labelmap.txt and the Frigate config printed")
-    convert.add_argument("--val", type=Path, metavar="DATA",
+    accuracy = convert.add_mutually_exclusive_group()  # --val with --no-accuracy would be silently ignored
+    accuracy.add_argument("--val", type=Path, metavar="DATA",
                          help="labelled images for the int8 accuracy report: a data.yaml (its val split, scored "
                               "against its val_json when declared) or a COCO json (images in <json dir>/../images); "
                               "default: the val split of --calib when that is a data.yaml")
     convert.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
                          help="exit 5 when the int8 model's mAP50-95 is more than AP points (0.01 mAP) below "
                               "the PyTorch model's on the val set")
-    convert.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy report")
+    accuracy.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy report")
     convert.add_argument("--edgetpu", action="store_true", help="also compile for the Coral Edge TPU")
     _add_compiler_options(convert)
     convert.add_argument("-o", "--output", type=Path, required=True, help="output folder")

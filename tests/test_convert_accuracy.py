@@ -154,6 +154,13 @@ def test_no_accuracy_skips_the_report_silently(tmp_path, ball_checkpoint, ball_d
     assert not REPORT_FILES & {p.name for p in out.iterdir()}  # a stale report is removed with the other products
 
 
+def test_val_with_no_accuracy_is_a_usage_error(tmp_path, coco128, capsys):
+    with pytest.raises(SystemExit) as stop:
+        convert(tmp_path / "model.pt", coco128, tmp_path / "out", "--val", str(coco128), "--no-accuracy")
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_val_set_of_other_classes_fails_before_converting(tmp_path, ball_checkpoint, coco128, capsys):
     out = tmp_path / "out"
     assert convert(ball_checkpoint, coco128, out, "--val", str(coco128 / "data.yaml")) == 2
