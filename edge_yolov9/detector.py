@@ -126,12 +126,18 @@ def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInf
     return ModelInfo(names, spec(inp), tuple(outputs))
 
 
-def cpu_twin(path: Path) -> Path | None:
-    """``model_edgetpu.tflite`` -> ``model.tflite`` when it exists (the CPU model it was compiled from)."""
+def cpu_twin_path(path: Path) -> Path | None:
+    """Where the CPU model an Edge TPU model was compiled from lies by convention:
+    ``model_edgetpu.tflite`` -> ``model.tflite``; None for a name without the suffix."""
     if path.stem.endswith(EDGETPU_SUFFIX):
-        twin = path.with_name(path.stem[: -len(EDGETPU_SUFFIX)] + path.suffix)
-        return twin if twin.is_file() else None
+        return path.with_name(path.stem[: -len(EDGETPU_SUFFIX)] + path.suffix)
     return None
+
+
+def cpu_twin(path: Path) -> Path | None:
+    """The CPU twin of ``path`` (see :func:`cpu_twin_path`) when it exists."""
+    twin = cpu_twin_path(path)
+    return twin if twin is not None and twin.is_file() else None
 
 
 @dataclass
@@ -236,7 +242,7 @@ class Detector:
         if twin is None:
             raise ModelError(f"{path} is compiled for the Edge TPU and cannot run on the CPU",
                              f"use the CPU model it was compiled from (expected "
-                             f"{path.stem[: -len(EDGETPU_SUFFIX)] or 'model'}.tflite beside it), or pass device='usb'/'pci'")
+                             f"{(cpu_twin_path(path) or Path('model.tflite')).name} beside it), or pass device='usb'/'pci'")
         return twin, self._read(twin), None
 
     @staticmethod

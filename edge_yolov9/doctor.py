@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import Detector, cpu_twin, read_model_info
+from .detector import Detector, cpu_twin, cpu_twin_path, read_model_info
 from .errors import EdgeYoloError
 from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, RuntimeSetupError, coral_pci_devices, coral_usb_devices,
                           find_backend, libedgetpu_path, numpy_abi_problem)
@@ -99,7 +99,7 @@ def _edgetpu_checks(path: Path) -> list[Check]:
     return [Check("model: edge tpu", ready, detail, fix, required=twin is None),
             Check("model: cpu twin", twin is not None,
                   str(twin) if twin else "none beside it: without an Edge TPU the model cannot run",
-                  "" if twin else f"keep the CPU model it was compiled from ({path.name.replace('_edgetpu', '')}, "
+                  "" if twin else f"keep the CPU model it was compiled from ({(cpu_twin_path(path) or Path('model.tflite')).name}, "
                                   "written by `edge-yolov9 convert`) in the same folder",
                   required=not ready)]
 
