@@ -5,7 +5,9 @@ development machine. The recipe is that of a short run: ``--time-budget`` (AdamW
 ``--optimizer auto`` for runs this short), one warm-up epoch, mosaic closed for the last two epochs,
 no accumulation, and lighter augmentation (scale 0.5, no mixup) than the long-run recipe.
 
-    python benchmarks/train_synthetic.py [--minutes 15] [--device cpu]
+    python benchmarks/train_synthetic.py [--minutes 15] [--device cpu] [--project DIR]
+
+``--project DIR`` keeps the run (``DIR/synthetic/best.pt``), e.g. for ``int8_fidelity.py --checkpoint``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="yolov9-t")
+    parser.add_argument("--project", help="keep the run folder here (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.project or scratch
         cfg = TrainConfig(model=args.model, data="shapes", imgsz=320, epochs=30, time_budget=args.minutes,
                           device=args.device, project=work, name="synthetic", batch=16, nominal_batch=16,
                           warmup_epochs=1, close_mosaic=2,

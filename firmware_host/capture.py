@@ -1,0 +1,260 @@
+"""Frames from the configured source, always the newest, with reconnects.
+
+A live source (camera, Pi camera, stream) is read as fast as it delivers; each frame replaces the
+one before if the detector has not taken it yet, and the replaced frame is counted as dropped:
+nothing queues, so a slow detector never makes the results late. A finite source (video file,
+folder of images) is read at the detector's pace instead: nothing in it goes stale, so no frame
+is skipped. A live source that fails to open, stops delivering or errors is reopened with
+exponential back-off (``reconnect_initial`` doubling up to ``reconnect_max``) and reported offline
+meanwhile; a read that hangs longer than ``stall_timeout`` is abandoned and the source reopened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edge_yolov9.errors import EdgeYoloError, MissingDependencyError, SourceError
+from edge_yolov9.preprocess import load_image
+from edge_yolov9.sources import VIDEO_SUFFIXES, folder_images
+
+from .config import SourceConfig
+from .stats import Stats, redact_uri
+
+logger = logging.getLogger(__name__)
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+PICAMERA = "picamera2"
+
+
+@dataclass(frozen=True)
+class CapturedFrame:
+    """A frame taken from the source: ``image`` (RGB), or the ``error`` that kept it unread."""
+
+    number: int
+    timestamp: float
+    name: str
+    image: np.ndarray | None
+    error: EdgeYoloError | None = None
+
+
+def is_live(uri: str) -> bool:
+    """Cameras and streams are live (frames go stale); video files and folders are not."""
+    path = Path(uri)
+    return not (path.is_dir() or (path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()))
+
+
+class FrameSlot:
+    """One frame, the newest. ``put`` of a live frame replaces an unread one; of a file's frame, waits."""
+
+    def __init__(self, stats: Stats):
+        self._frame: CapturedFrame | None = None
+        self._changed = threading.Condition()
+        self._stats = stats
+
+    def put(self, frame: CapturedFrame, wait: bool, stop: threading.Event) -> None:
+        with self._changed:
+            while wait and self._frame is not None and not stop.is_set():
+                self._changed.wait(0.2)
+            if self._frame is not None:
+                self._stats.frame_dropped()
+            self._frame = frame
+            self._changed.notify_all()
+
+    def take(self, timeout: float) -> CapturedFrame | None:
+        with self._changed:
+            if self._frame is None:
+                self._changed.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._changed.notify_all()
+            return frame
+
+
+def _opencv():
+    try:
+        import cv2
+    except ImportError:
+        raise MissingDependencyError("cv2", "video", "Reading cameras, streams and video files") from None
+    return cv2
+
+
+def _opencv_frames(uri: str, config: SourceConfig) -> Iterator[np.ndarray]:
+    """RGB frames from a camera index, /dev/video*, a stream URL or a video file, through OpenCV."""
+    cv2 = _opencv()
+    target: str | int = int(uri) if uri.isdigit() else uri
+    timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(config.stall_timeout * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(config.stall_timeout * 1000)]
+    if isinstance(target, str) and target.startswith(STREAM_SCHEMES):
+        capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts)
+    else:
+        capture = cv2.VideoCapture(target)
+    try:
+        if not capture.isOpened():
+            raise SourceError(f"Cannot open {redact_uri(uri)}",
+                              "check the URL, the camera index (`ls /dev/video*`) or the file; check that no other "
+                              "program holds the camera")
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            yield np.ascontiguousarray(bgr[:, :, ::-1])
+    finally:
+        capture.release()
+
+
+def _picamera_frames() -> Iterator[np.ndarray]:
+    """RGB frames from the Raspberry Pi camera (libcamera through picamera2)."""
+    try:
+        from picamera2 import Picamera2
+    except ImportError:
+        raise SourceError("The Pi camera needs picamera2, which this Python cannot import",
+                          "sudo apt install python3-picamera2, and create the venv with "
+                          "`python3 -m venv --system-site-packages`") from None
+    camera = Picamera2()
+    try:
+        # 'RGB888' is BGR in memory (libcamera's naming): convert once here.
+        camera.configure(camera.create_video_configuration(main={"size": (1280, 720), "format": "RGB888"}))
+        camera.start()
+        while True:
+            yield np.ascontiguousarray(camera.capture_array("main")[:, :, ::-1])
+    finally:
+        camera.close()
+
+
+class SourceReader:
+    """Reads the source in a thread into a :class:`FrameSlot`; see the module docstring."""
+
+    def __init__(self, config: SourceConfig, slot: FrameSlot, stats: Stats,
+                 on_status: Callable[[bool], None] = lambda online: None):
+        self.config = config
+        self.slot = slot
+        self.stats = stats
+        self.on_status = on_status
+        self.live = is_live(config.uri)
+        self.finished = threading.Event()   # a finite source without `loop` has been read to its end
+        self.last_frame = time.monotonic()
+        self._stop = threading.Event()
+        self._generation = 0
+        self._online = False
+        self._number = 0
+        self._last_delivery = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._generation += 1
+        self.last_frame = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(self._generation,), name="source-reader",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def check_stall(self) -> None:
+        """Reopen a live source whose read has hung for ``stall_timeout`` (called by the daemon's loop)."""
+        if not self.live or not self._online or time.monotonic() - self.last_frame < self.config.stall_timeout:
+            return
+        self._set_online(False, f"no frame for {self.config.stall_timeout:g} s")
+        logger.error("No frame from %s in %g s: reopening it", redact_uri(self.config.uri), self.config.stall_timeout)
+        self.start()  # the hung read belongs to an older generation, which exits when (if) it returns
+
+    # ------------------------------------------------------------------ the reading thread
+    def _run(self, generation: int) -> None:
+        delay = self.config.reconnect_initial
+        while not self._stop.is_set() and generation == self._generation:
+            delivered, problem = False, None
+            try:
+                for frame in self._frames():
+                    if self._stop.is_set() or generation != self._generation:
+                        return
+                    delivered = True
+                    self._deliver(frame)
+            except EdgeYoloError as err:
+                problem = err.problem
+            except Exception as err:  # a camera driver error must not end the daemon's source for good
+                problem = f"{type(err).__name__}: {err}"
+            if generation != self._generation:
+                return
+            if not self.live:
+                if problem is None and self.config.loop:
+                    continue
+                self._set_online(False, problem or "ended")
+                if problem:
+                    logger.error("Source %s: %s", self.config.uri, problem)
+                else:
+                    logger.info("Source %s ended", self.config.uri)
+                self.finished.set()
+                return
+            if delivered:
+                delay = self.config.reconnect_initial
+            problem = problem or "the stream ended"
+            self._set_online(False, problem)
+            logger.error("Source %s: %s; reopening in %g s", redact_uri(self.config.uri), problem, delay)
+            if self._stop.wait(delay):
+                return
+            self.stats.source_status(False, reconnect=True)
+            delay = min(delay * 2, self.config.reconnect_max)
+
+    def _frames(self) -> Iterator[CapturedFrame]:
+        uri = self.config.uri
+        if uri == PICAMERA:
+            return self._numbered(_picamera_frames(), "picamera")
+        path = Path(uri)
+        if path.is_dir():
+            return self._folder(path)
+        if not self.live or uri.isdigit() or uri.startswith(STREAM_SCHEMES) or path.exists():
+            return self._numbered(_opencv_frames(uri, self.config), path.name if not self.live else "frame")
+        raise SourceError(f"Source not found: {uri}", "give a camera index, /dev/videoN, a stream URL, a video "
+                                                      "file, a folder of images or 'picamera2'")
+
+    def _numbered(self, images: Iterator[np.ndarray], name: str) -> Iterator[CapturedFrame]:
+        for image in images:
+            self._number += 1
+            yield CapturedFrame(self._number, time.time(), f"{name}#{self._number}", image)
+
+    def _folder(self, folder: Path) -> Iterator[CapturedFrame]:
+        paths = folder_images(folder)
+        if not paths:
+            raise SourceError(f"No images in folder {folder}", "add images or point source.uri elsewhere")
+        for path in paths:
+            self._number += 1
+            try:
+                yield CapturedFrame(self._number, time.time(), str(path), load_image(path))
+            except EdgeYoloError as err:
+                yield CapturedFrame(self._number, time.time(), str(path), None, err)
+
+    def _deliver(self, frame: CapturedFrame) -> None:
+        now = time.monotonic()
+        self.last_frame = now
+        if frame.error is None:
+            self._set_online(True)
+            self.stats.frame_grabbed()
+        if self.live and self.config.fps and now - self._last_delivery < 1 / self.config.fps:
+            self.stats.frame_dropped()  # read anyway, so the camera's own buffer never fills with old frames
+            return
+        self._last_delivery = now
+        self.slot.put(frame, wait=not self.live, stop=self._stop)
+
+    def _set_online(self, online: bool, problem: str | None = None) -> None:
+        self.stats.source_status(online, error=problem)
+        if online != self._online:
+            self._online = online
+            self.on_status(online)
+
+
+def describe_source(uri: str) -> str:
+    """How the logs name the source: kind and (redacted) location."""
+    if uri == PICAMERA:
+        return "Pi camera"
+    kind = "stream" if uri.startswith(STREAM_SCHEMES) else "camera" if uri.isdigit() or uri.startswith("/dev/") \
+        else "folder" if Path(uri).is_dir() else "video file" if os.path.isfile(uri) else "source"
+    return f"{kind} {redact_uri(uri)}"

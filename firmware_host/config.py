@@ -1,0 +1,238 @@
+"""The daemon's configuration: one YAML file, validated, unknown keys rejected.
+
+Every error names the key (``mqtt.port``), the line in the file and the fix. ``${VAR}`` in a string
+value is replaced by the environment variable ``VAR`` (or the file ``$CREDENTIALS_DIRECTORY/VAR`` that
+systemd's ``LoadCredential=`` provides), so passwords need not be written in the file. Secrets are
+``SecretStr``: they print as ``**********`` in logs, ``/api/stats`` and ``--validate-config``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from edge_yolov9.errors import EdgeYoloError
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TOPIC_UNSAFE = re.compile(r"[#+\s]")
+
+
+class ConfigError(EdgeYoloError):
+    """The configuration file is missing, not YAML, or not valid."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    path: Path = Field(description="a .tflite from `edge-yolov9 convert` (or its _edgetpu compilation)")
+    device: str = Field("auto", description="auto, cpu, usb, usb:N, pci, pci:N")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads of the interpreter (default: all cores)")
+    score_threshold: float = Field(0.4, gt=0, le=1)
+    iou_threshold: float = Field(0.45, gt=0, le=1)
+    max_detections: int = Field(100, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|(usb|pci)(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, usb, usb:N, pci or pci:N")
+        return value
+
+
+class SourceConfig(Section):
+    uri: str = Field(description="camera index (0), /dev/videoN, rtsp:// or http(s):// stream, video file, "
+                                 "folder of images, or 'picamera2'")
+    fps: Optional[float] = Field(None, gt=0, description="at most this many frames per second are detected")
+    loop: bool = Field(False, description="start a video file or folder again at its end (demos, soak runs)")
+    stall_timeout: float = Field(20.0, gt=0, description="seconds without a frame before the source is reopened")
+    reconnect_initial: float = Field(1.0, gt=0, description="first wait before reopening a source (seconds)")
+    reconnect_max: float = Field(30.0, gt=0, description="longest wait between reopening attempts (seconds)")
+
+
+class LabelFilter(Section):
+    min_score: Optional[float] = Field(None, gt=0, le=1)
+    min_area: int = Field(0, ge=0, description="smallest box area in pixels")
+    max_area: Optional[int] = Field(None, gt=0)
+
+
+class ObjectsConfig(Section):
+    track: list[str] = Field(default_factory=list, description="labels to report (empty: every label)")
+    filters: dict[str, LabelFilter] = Field(default_factory=dict)
+    end_after: float = Field(2.0, gt=0, description="seconds unseen before an object's 'end' event")
+    min_iou: float = Field(0.3, gt=0, lt=1, description="overlap that makes a box the same object as before")
+
+
+class WatchdogConfig(Section):
+    stall_timeout: float = Field(10.0, gt=0, description="seconds one inference may take before the detector "
+                                                         "process is restarted")
+    start_timeout: float = Field(60.0, gt=0, description="seconds the detector process may take to load the model")
+    max_restarts: int = Field(5, ge=1, description="restarts within restart_window before backing off")
+    restart_window: float = Field(60.0, gt=0)
+    backoff_max: float = Field(60.0, gt=0, description="longest wait between detector restarts (seconds)")
+
+
+class HttpConfig(Section):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="0.0.0.0 to serve other machines (set a token then)")
+    port: int = Field(8090, ge=0, le=65535, description="0 picks a free port")
+    token: Optional[SecretStr] = Field(None, description="bearer token required by every endpoint but /api/health")
+    jpeg_quality: int = Field(80, ge=10, le=100)
+    stream_fps: float = Field(10.0, gt=0, description="highest frame rate of the MJPEG stream")
+
+
+class MqttConfig(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    user: Optional[str] = None
+    password: Optional[SecretStr] = None
+    client_id: Optional[str] = Field(None, description="default: edge-yolov9-<name>")
+    topic_prefix: str = "edge-yolov9"
+    qos: Literal[0, 1, 2] = 0
+    stats_interval: float = Field(60.0, gt=0)
+    keepalive: int = Field(30, ge=5)
+    discovery: bool = Field(True, description="Home Assistant MQTT discovery")
+    discovery_prefix: str = "homeassistant"
+    tls_ca_certs: Optional[Path] = None
+
+    @field_validator("topic_prefix", "discovery_prefix")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not value or TOPIC_UNSAFE.search(value) or value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"{value!r} is not a usable MQTT topic prefix: no '#', '+', spaces or outer '/'")
+        return value
+
+
+class JsonLinesConfig(Section):
+    path: Optional[str] = Field(None, description="'-' for stdout, a file path, or nothing (off)")
+    per: Literal["event", "frame"] = Field("event", description="one line per object event, or per detected frame")
+
+
+class DaemonConfig(Section):
+    name: str = Field("camera", description="this camera's name in topics, metrics and Home Assistant")
+    model: ModelConfig
+    source: SourceConfig
+    objects: ObjectsConfig = Field(default_factory=ObjectsConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    jsonl: JsonLinesConfig = Field(default_factory=JsonLinesConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ValueError(f"{value!r}: use letters, digits, '_' and '-' only (it becomes an MQTT topic level)")
+        return value
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as JSON-ready data, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def _line_numbers(text: str) -> dict[tuple, int]:
+    """1-based line of each key path in the YAML document (for error messages)."""
+    import yaml
+
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[path + (key.value,)] = key.start_mark.line + 1
+                walk(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[path + (index,)] = item.start_mark.line + 1
+                walk(item, path + (index,))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _substitute(value: Any, where: str) -> Any:
+    """``${VAR}`` in strings, from the environment or systemd credentials."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{where}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        name = match.group(1)
+        if name in os.environ:
+            return os.environ[name]
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials and (Path(credentials) / name).is_file():
+            return (Path(credentials) / name).read_text().strip()
+        raise ConfigError(f"{where}: ${{{name}}} is not set",
+                          f"export {name}=... before starting (or give it to systemd with LoadCredential={name}:FILE)")
+
+    return ENV_REFERENCE.sub(lookup, value)
+
+
+def _describe(err: ValidationError, lines: dict[tuple, int]) -> str:
+    messages = []
+    for problem in err.errors():
+        path = tuple(problem["loc"])
+        line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
+        key = ".".join(str(p) for p in path) or "(top level)"
+        where = f"{key} (line {line})" if line else key
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key: remove it or check its spelling (see `edge-yolov9 serve --print-sample-config`)"
+        elif problem["type"] == "missing":
+            message = "required: add it"
+        messages.append(f"  {where}: {message}")
+    return "\n".join(messages)
+
+
+def parse_config(text: str, origin: str = "<config>", overrides: dict[str, Any] | None = None) -> DaemonConfig:
+    """A validated configuration from YAML ``text``; ``overrides`` (dotted keys, e.g. from CLI flags) win."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{origin} is not valid YAML{at}: {getattr(err, 'problem', err)}",
+                          "fix the indentation or quoting there") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a mapping of sections (model:, source:, ...)",
+                          "see `edge-yolov9 serve --print-sample-config`")
+    data = _substitute(data, "")
+    for dotted, value in (overrides or {}).items():
+        section = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            section = section.setdefault(key, {})
+        section[leaf] = value
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{origin} is not a valid daemon configuration:\n{_describe(err, _line_numbers(text))}",
+                          "correct the keys listed (`edge-yolov9 serve --print-sample-config` shows every key)") \
+            from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}",
+                          "write one: edge-yolov9 serve --print-sample-config > daemon.yaml") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Cannot read config file {path}: {err}", "check the path and its permissions") from None
+    return parse_config(text, str(path), overrides)
