@@ -1,0 +1,72 @@
+"""What both demos share: their command-line arguments, the detector, and the annotated-video writer."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_yolov9.detector import Detector
+from edge_yolov9.errors import MissingDependencyError
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="a .tflite from `edge-yolov9 convert` (or its _edgetpu file)")
+    parser.add_argument("--source", default="0", help="camera index, video file or stream URL (default: camera 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, usb, usb:N, pci")
+    parser.add_argument("--conf", type=float, default=0.4, help="score threshold")
+    parser.add_argument("--output", type=Path, help="write the annotated video here instead of showing a window")
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    return parser
+
+
+def open_detector(args: argparse.Namespace) -> Detector:
+    detector = Detector(args.model, device=args.device, score_threshold=args.conf)
+    print(f"{detector.model_path.name} on {detector.device_used}, input {detector.info.size[1]}x{detector.info.size[0]}")
+    return detector
+
+
+def opencv():
+    try:
+        import cv2
+    except ImportError:
+        raise MissingDependencyError("cv2", "video", "The demos") from None
+    return cv2
+
+
+class Display:
+    """A window (when there is a screen and no --output) or an MJPG video file; ``show`` returns False to stop."""
+
+    def __init__(self, output: Path | None, fps: float = 15.0):
+        self.cv2 = opencv()
+        self.output = output
+        self.fps = fps
+        self.writer = None
+        self.frames = 0
+        self._last = time.perf_counter()
+        self.rate = 0.0
+
+    def show(self, rgb: np.ndarray) -> bool:
+        now = time.perf_counter()
+        self.rate = 0.9 * self.rate + 0.1 / max(now - self._last, 1e-6) if self.frames else 0.0
+        self._last = now
+        self.frames += 1
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        if self.output is not None:
+            if self.writer is None:
+                self.output.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = self.cv2.VideoWriter(str(self.output), self.cv2.VideoWriter_fourcc(*"MJPG"), self.fps,
+                                                   (bgr.shape[1], bgr.shape[0]))
+            self.writer.write(bgr)
+            return True
+        self.cv2.imshow("edge-yolov9 (q to quit)", bgr)
+        return self.cv2.waitKey(1) & 0xFF != ord("q")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        elif self.output is None:
+            self.cv2.destroyAllWindows()

@@ -1,0 +1,97 @@
+"""Count objects that cross a line: people through a door, cars past a gate.
+
+    python -m firmware_host.demos.count --model model_int8_edgetpu.tflite --label person --line 0.5
+    python -m firmware_host.demos.count --model model_int8.tflite --source clip.mp4 --vertical --output count.avi
+
+Objects are followed from frame to frame by the daemon's tracker; an object is counted once each time
+its centre passes the line (a horizontal line at ``--line`` of the height, or vertical with
+``--vertical``), as 'in' (down / rightwards) or 'out'. The totals are printed as JSON at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from PIL import ImageDraw
+
+from edge_yolov9.annotate import draw_detections
+from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.sources import iter_frames
+from edge_yolov9.types import Box
+
+from ..tracker import Tracker
+from .common import Display, arguments, open_detector
+
+
+def centre(box: Box, vertical: bool) -> float:
+    return (box.xmin + box.xmax) / 2 if vertical else (box.ymin + box.ymax) / 2
+
+
+class LineCounter:
+    """Crossings of a line at ``position`` (pixels along the counted axis) by tracked objects' centres."""
+
+    def __init__(self, position: float, vertical: bool):
+        self.position = position
+        self.vertical = vertical
+        self.crossed_in = self.crossed_out = 0
+        self._side: dict[str, bool] = {}
+
+    def update(self, tracker: Tracker) -> None:
+        for key, obj in tracker.objects.items():
+            beyond = centre(obj.box, self.vertical) >= self.position
+            before = self._side.get(key)
+            if before is not None and before != beyond:
+                if beyond:
+                    self.crossed_in += 1
+                else:
+                    self.crossed_out += 1
+            self._side[key] = beyond
+        for key in set(self._side) - set(tracker.objects):
+            del self._side[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--label", action="append", help="count only this label (repeatable; default: all)")
+    parser.add_argument("--line", type=float, default=0.5, help="where the line is, as a fraction of the frame")
+    parser.add_argument("--vertical", action="store_true", help="a vertical line (count left/right movement)")
+    args = parser.parse_args(argv)
+    tracker = Tracker(end_after=1.0)
+    counter: LineCounter | None = None
+    try:
+        detector = open_detector(args)
+        display = Display(args.output)
+        try:
+            for index, frame in enumerate(iter_frames(args.source)):
+                if frame.error is not None:
+                    print(f"skipped {frame.name}: {frame.error.problem}", file=sys.stderr)
+                    continue
+                height, width = frame.image.shape[:2]
+                if counter is None:
+                    counter = LineCounter(args.line * (width if args.vertical else height), args.vertical)
+                detections = [d for d in detector.detect(frame.image) if not args.label or d.label in args.label]
+                tracker.update(detections, now=index / display.fps)  # video time: the same counts at any speed
+                counter.update(tracker)
+                canvas = draw_detections(frame.image, detections)
+                draw = ImageDraw.Draw(canvas)
+                line = ([counter.position, 0, counter.position, height] if args.vertical
+                        else [0, counter.position, width, counter.position])
+                draw.line(line, fill=(255, 0, 0), width=2)
+                draw.text((8, 8), f"in {counter.crossed_in}  out {counter.crossed_out}", fill=(255, 255, 0))
+                if not display.show(np.asarray(canvas)) or display.frames == args.max_frames:
+                    break
+        finally:
+            display.close()
+    except EdgeYoloError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    totals = {"frames": display.frames, "in": counter.crossed_in if counter else 0,
+              "out": counter.crossed_out if counter else 0}
+    print(json.dumps(totals))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
