@@ -1,7 +1,8 @@
 """JSON lines to stdout or a file: one line per object event (``per: event``) or per detected frame.
 
 Each line is flushed as it is written, so ``tail -f`` and a crash lose nothing already reported.
-Event lines are ``{"camera", "type", "before", "after"}`` as on MQTT; frame lines are
+Event lines are the MQTT ``events`` payload (``{"type", "before", "after"}``) with the ``camera`` added;
+frame lines are
 ``{"camera", "frame_id", "timestamp", "width", "height", "detections"}``.
 """
 
