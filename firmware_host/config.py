@@ -19,6 +19,7 @@ from edge_yolov9.errors import EdgeYoloError
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOPIC_UNSAFE = re.compile(r"[#+\s]")
+MIN_TOKEN_LENGTH = 8
 
 
 class ConfigError(EdgeYoloError):
@@ -84,6 +85,15 @@ class HttpConfig(Section):
     token: Optional[SecretStr] = Field(None, description="bearer token required by every endpoint but /api/health")
     jpeg_quality: int = Field(80, ge=10, le=100)
     stream_fps: float = Field(10.0, gt=0, description="highest frame rate of the MJPEG stream")
+
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"a token needs {MIN_TOKEN_LENGTH} characters at least (e.g. `openssl rand -hex 16`), "
+                             "or leave it out")
+        return value
 
 
 class MqttConfig(Section):

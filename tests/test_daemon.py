@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -25,6 +25,7 @@ from firmware_host.config import DaemonConfig
 from firmware_host.daemon import Daemon
 from firmware_host.detector_process import DetectorUnavailable
 from support.mjpeg_server import MjpegCamera
+from support.waiting import wait_until
 
 SCORE = 0.2
 
@@ -42,14 +43,6 @@ def make_config(model: Path, uri: str, **sections) -> DaemonConfig:
     return DaemonConfig.model_validate(data)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def running(config: DaemonConfig) -> Iterator[Daemon]:
     daemon = Daemon(config)
@@ -64,7 +57,7 @@ def running(config: DaemonConfig) -> Iterator[Daemon]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: daemon.stats.frames_detected > 0 or failure, 60, "the first detected frame")
+        wait_until(lambda: daemon.stats.frames_detected > 0 or failure, 60, "the first detected frame")
         if failure:
             raise failure[0]
         yield daemon
@@ -76,7 +69,7 @@ def running(config: DaemonConfig) -> Iterator[Daemon]:
 
 @pytest.fixture
 def model(out320) -> Path:
-    return out320 / "model_int8.tflite"
+    return out320 / "out" / "model_int8.tflite"
 
 
 def test_folder_source_gives_the_detectors_results_and_survives_a_corrupt_frame(model, coco128, tmp_path, caplog):
@@ -115,9 +108,9 @@ def test_a_killed_detector_process_is_restarted_and_detection_goes_on(model, coc
     with caplog.at_level(logging.INFO), running(config) as daemon:
         pid = daemon.detector.pid
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: daemon.stats.detector_restarts == 1, what="a restart")
+        wait_until(lambda: daemon.stats.detector_restarts == 1, what="a restart")
         before = daemon.stats.frames_detected
-        wait_for(lambda: daemon.stats.frames_detected > before + 2, what="detection after the restart")
+        wait_until(lambda: daemon.stats.frames_detected > before + 2, what="detection after the restart")
         assert daemon.detector.pid not in (None, pid)
         stats = daemon.stats.to_dict()["detector"]
         assert stats["status"] == "online" and stats["restarts"] == 1
@@ -132,9 +125,9 @@ def test_a_stalled_detector_process_is_killed_and_restarted(model, coco128, tmp_
     with caplog.at_level(logging.INFO), running(config) as daemon:
         frozen = daemon.detector.pid
         os.kill(frozen, signal.SIGSTOP)  # a hung inference: the process lives but never answers
-        wait_for(lambda: daemon.stats.detector_restarts == 1, what="the watchdog's restart")
+        wait_until(lambda: daemon.stats.detector_restarts == 1, what="the watchdog's restart")
         before = daemon.stats.frames_detected
-        wait_for(lambda: daemon.stats.frames_detected > before + 2, what="detection after the restart")
+        wait_until(lambda: daemon.stats.frames_detected > before + 2, what="detection after the restart")
         with pytest.raises(ProcessLookupError):
             os.kill(frozen, 0)  # the frozen process was killed, not left behind
     assert "an inference took longer than 1.5 s" in caplog.text
@@ -147,11 +140,11 @@ def test_a_camera_that_drops_is_reconnected_and_reported(model, coco128, caplog)
         with caplog.at_level(logging.INFO), running(config) as daemon:
             assert daemon.stats.source_online
             camera.stop()
-            wait_for(lambda: not daemon.stats.source_online, what="the source going offline")
-            wait_for(lambda: daemon.stats.source_reconnects >= 2, what="reconnect attempts while it is away")
+            wait_until(lambda: not daemon.stats.source_online, what="the source going offline")
+            wait_until(lambda: daemon.stats.source_reconnects >= 2, what="reconnect attempts while it is away")
             camera.start()
             before = daemon.stats.frames_detected
-            wait_for(lambda: daemon.stats.source_online and daemon.stats.frames_detected > before + 2,
+            wait_until(lambda: daemon.stats.source_online and daemon.stats.frames_detected > before + 2,
                      what="frames after the camera came back")
             source = daemon.stats.to_dict()["source"]
             assert source["status"] == "online" and source["reconnects"] >= 2
@@ -164,7 +157,7 @@ def test_a_live_source_drops_stale_frames_instead_of_queuing(model, coco128):
     camera = MjpegCamera(coco_images(coco128, 4), fps=120).start()  # faster than one core detects
     try:
         with running(make_config(model, camera.url)) as daemon:
-            wait_for(lambda: daemon.stats.frames_dropped > 20, what="dropped frames")
+            wait_until(lambda: daemon.stats.frames_dropped > 20, what="dropped frames")
             newest = daemon.hub.latest()
             source = daemon.stats.to_dict()["source"]
     finally:
@@ -208,7 +201,7 @@ def test_a_missing_pi_camera_stack_is_reported_with_the_install_step(model):
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: daemon.stats.source_error is not None, what="the source error")
+        wait_until(lambda: daemon.stats.source_error is not None, what="the source error")
         assert "needs picamera2" in daemon.stats.source_error and not daemon.stats.source_online
         assert daemon.stats.to_dict()["detector"]["status"] == "online"  # the rest of the daemon stays up
     finally:

@@ -120,7 +120,7 @@ def test_install_service_writes_a_unit_with_watchdog_restart_and_device_groups(t
     for line in ("Type=notify", "Restart=on-failure", "User=pi", f"WatchdogSec={watchdog_seconds(config)}",
                  "StandardOutput=journal", f"--config {config_path.resolve()}", "SyslogIdentifier=edge-yolov9-garage"):
         assert line in text
-    assert f"sudo systemctl enable --now edge-yolov9-garage.service" in capsys.readouterr().out
+    assert "sudo systemctl enable --now edge-yolov9-garage.service" in capsys.readouterr().out
     # Only groups this system has: systemd refuses a unit that names a missing one.
     groups = next(line for line in text.splitlines() if line.startswith("SupplementaryGroups="))
     import grp
@@ -130,3 +130,8 @@ def test_install_service_writes_a_unit_with_watchdog_restart_and_device_groups(t
     assert watchdog_seconds(config) > config.watchdog.stall_timeout + config.watchdog.start_timeout
     assert main(["serve", "--config", str(config_path), "--install-service", "--unit-path",
                  str(Path("/proc/nonexistent/edge.service"))]) != 0
+
+
+def test_a_short_http_token_is_refused():
+    with pytest.raises(ConfigError, match=r"http.token \(line 6\): a token needs 8 characters at least"):
+        parse_config(MINIMAL + "http:\n  token: ''\n")

@@ -25,7 +25,8 @@ from firmware_host.hub import Snapshot
 from firmware_host.mqtt import MqttOutput
 from firmware_host.stats import Stats
 from firmware_host.tracker import ObjectEvent, Tracker
-from support.broker import TIMEOUT, Broker, Subscriber, wait_until
+from support.broker import TIMEOUT, Broker, Subscriber
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = 0.3               # seconds without a message that show nothing more is coming

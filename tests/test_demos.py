@@ -36,7 +36,7 @@ def frame_count(path: Path) -> int:
 
 @pytest.fixture
 def model(out320) -> Path:
-    return out320 / "model_int8.tflite"
+    return out320 / "out" / "model_int8.tflite"
 
 
 @pytest.fixture

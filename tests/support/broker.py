@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
 
 from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion
+
+from support.waiting import wait_until
 
 from support.mjpeg_server import free_port
 
@@ -103,13 +104,6 @@ class Broker:
 
     def _log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Subscriber:
