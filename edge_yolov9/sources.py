@@ -37,11 +37,12 @@ class Frame(NamedTuple):
     error: EdgeYoloError | None = None
 
 
-def _opencv():
+def opencv(purpose: str = "Reading video files and cameras"):
+    """The cv2 module, or a MissingDependencyError that names the extra to install."""
     try:
         import cv2
     except ImportError:
-        raise MissingDependencyError("cv2", "video", "Reading video files and cameras") from None
+        raise MissingDependencyError("cv2", "video", purpose) from None
     return cv2
 
 
@@ -69,7 +70,7 @@ def describe(source: Source) -> tuple[str, int | None]:
     if kind == "folder":
         return kind, len(folder_images(Path(source)))
     if kind == "video":
-        cv2 = _opencv()
+        cv2 = opencv()
         capture = cv2.VideoCapture(os.fspath(source))
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         capture.release()
@@ -90,7 +91,7 @@ def _read(name: str, stem: str, image: ImageInput, bgr: bool = False) -> Frame:
 
 
 def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
-    cv2 = _opencv()
+    cv2 = opencv()
     capture = cv2.VideoCapture(target)
     if not capture.isOpened():
         capture.release()

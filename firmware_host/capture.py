@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edge_yolov9.errors import EdgeYoloError, MissingDependencyError, SourceError
+from edge_yolov9.errors import EdgeYoloError, SourceError
 from edge_yolov9.preprocess import load_image
-from edge_yolov9.sources import VIDEO_SUFFIXES, folder_images
+from edge_yolov9.sources import VIDEO_SUFFIXES, folder_images, opencv
 
 from .config import SourceConfig
 from .stats import Stats, redact_uri
@@ -77,17 +77,9 @@ class FrameSlot:
             return frame
 
 
-def _opencv():
-    try:
-        import cv2
-    except ImportError:
-        raise MissingDependencyError("cv2", "video", "Reading cameras, streams and video files") from None
-    return cv2
-
-
 def _opencv_frames(uri: str, config: SourceConfig) -> Iterator[np.ndarray]:
     """RGB frames from a camera index, /dev/video*, a stream URL or a video file, through OpenCV."""
-    cv2 = _opencv()
+    cv2 = opencv("Reading cameras, streams and video files")
     target: str | int = int(uri) if uri.isdigit() else uri
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(config.stall_timeout * 1000),
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(config.stall_timeout * 1000)]

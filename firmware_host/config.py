@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.interpreter import parse_device
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOPIC_UNSAFE = re.compile(r"[#+\s]")
@@ -41,8 +42,10 @@ class ModelConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|(usb|pci)(:\d+)?", value):
-            raise ValueError(f"unknown device {value!r}: use auto, cpu, usb, usb:N, pci or pci:N")
+        try:
+            parse_device(value)
+        except EdgeYoloError as err:
+            raise ValueError(f"{err.problem}: {err.fix}") from None
         return value
 
 

@@ -46,7 +46,7 @@ def test_wrong_values_name_the_key_line_and_what_is_allowed():
     text = "model:\n  path: m.tflite\n  device: usb1\nsource:\n  uri: '0'\nhttp:\n  port: 99999\n"
     with pytest.raises(ConfigError) as err:
         parse_config(text)
-    assert "model.device (line 3): unknown device 'usb1': use auto, cpu, usb, usb:N, pci or pci:N" in err.value.problem
+    assert "model.device (line 3): Unknown device 'usb1': use auto, cpu, usb, usb:N, pci, pci:N or :N" in err.value.problem
     assert "http.port (line 7)" in err.value.problem
 
 

@@ -1,15 +1,19 @@
-"""What both demos share: their command-line arguments, the detector, and the annotated-video writer."""
+"""What both demos share: their command-line arguments, the detector, the frame loop and the display."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from edge_yolov9.detector import Detector
-from edge_yolov9.errors import MissingDependencyError
+from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.sources import Frame, iter_frames, opencv
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -29,19 +33,11 @@ def open_detector(args: argparse.Namespace) -> Detector:
     return detector
 
 
-def opencv():
-    try:
-        import cv2
-    except ImportError:
-        raise MissingDependencyError("cv2", "video", "The demos") from None
-    return cv2
-
-
 class Display:
     """A window (when there is a screen and no --output) or an MJPG video file; ``show`` returns False to stop."""
 
     def __init__(self, output: Path | None, fps: float = 15.0):
-        self.cv2 = opencv()
+        self.cv2 = opencv("The demos")
         self.output = output
         self.fps = fps
         self.writer = None
@@ -70,3 +66,27 @@ class Display:
             self.writer.release()
         elif self.output is None:
             self.cv2.destroyAllWindows()
+
+
+def run(args: argparse.Namespace, annotate: Callable[[Frame, Detector, "Display"], Image.Image]) -> tuple[int, int]:
+    """Show ``annotate(frame, detector, display)`` for each frame of ``args.source`` until it ends, ``q`` or
+    ``--max-frames``; unreadable frames are reported and skipped. Returns the exit code (2 on a setup error)
+    and the number of frames shown."""
+    try:
+        detector = open_detector(args)
+        display = Display(args.output)
+        try:
+            for frame in iter_frames(args.source):
+                if frame.error is not None:
+                    print(f"skipped {frame.name}: {frame.error.problem}", file=sys.stderr)
+                    continue
+                if not display.show(np.asarray(annotate(frame, detector, display))):
+                    break
+                if display.frames == args.max_frames:
+                    break
+        finally:
+            display.close()
+    except EdgeYoloError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2, 0
+    return 0, display.frames

@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from edge_yolov9.annotate import draw_detections
-from edge_yolov9.errors import EdgeYoloError
-from edge_yolov9.sources import iter_frames
+from edge_yolov9.detector import Detector
+from edge_yolov9.sources import Frame
 from edge_yolov9.types import Box
 
 from ..tracker import Tracker
-from .common import Display, arguments, open_detector
+from .common import Display, arguments, run
 
 
 def centre(box: Box, vertical: bool) -> float:
@@ -59,38 +58,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vertical", action="store_true", help="a vertical line (count left/right movement)")
     args = parser.parse_args(argv)
     tracker = Tracker(end_after=1.0)
-    counter: LineCounter | None = None
-    try:
-        detector = open_detector(args)
-        display = Display(args.output)
-        try:
-            for index, frame in enumerate(iter_frames(args.source)):
-                if frame.error is not None:
-                    print(f"skipped {frame.name}: {frame.error.problem}", file=sys.stderr)
-                    continue
-                height, width = frame.image.shape[:2]
-                if counter is None:
-                    counter = LineCounter(args.line * (width if args.vertical else height), args.vertical)
-                detections = [d for d in detector.detect(frame.image) if not args.label or d.label in args.label]
-                tracker.update(detections, now=index / display.fps)  # video time: the same counts at any speed
-                counter.update(tracker)
-                canvas = draw_detections(frame.image, detections)
-                draw = ImageDraw.Draw(canvas)
-                line = ([counter.position, 0, counter.position, height] if args.vertical
-                        else [0, counter.position, width, counter.position])
-                draw.line(line, fill=(255, 0, 0), width=2)
-                draw.text((8, 8), f"in {counter.crossed_in}  out {counter.crossed_out}", fill=(255, 255, 0))
-                if not display.show(np.asarray(canvas)) or display.frames == args.max_frames:
-                    break
-        finally:
-            display.close()
-    except EdgeYoloError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    totals = {"frames": display.frames, "in": counter.crossed_in if counter else 0,
-              "out": counter.crossed_out if counter else 0}
-    print(json.dumps(totals))
-    return 0
+    counters: list[LineCounter] = []
+
+    def annotate(frame: Frame, detector: Detector, display: Display) -> Image.Image:
+        height, width = frame.image.shape[:2]
+        if not counters:
+            counters.append(LineCounter(args.line * (width if args.vertical else height), args.vertical))
+        counter = counters[0]
+        detections = [d for d in detector.detect(frame.image) if not args.label or d.label in args.label]
+        tracker.update(detections, now=display.frames / display.fps)  # video time: the same counts at any speed
+        counter.update(tracker)
+        canvas = draw_detections(frame.image, detections)
+        draw = ImageDraw.Draw(canvas)
+        line = ([counter.position, 0, counter.position, height] if args.vertical
+                else [0, counter.position, width, counter.position])
+        draw.line(line, fill=(255, 0, 0), width=2)
+        draw.text((8, 8), f"in {counter.crossed_in}  out {counter.crossed_out}", fill=(255, 255, 0))
+        return canvas
+
+    code, frames = run(args, annotate)
+    if code == 0:
+        counter = counters[0] if counters else None
+        print(json.dumps({"frames": frames, "in": counter.crossed_in if counter else 0,
+                          "out": counter.crossed_out if counter else 0}))
+    return code
 
 
 if __name__ == "__main__":
