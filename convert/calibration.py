@@ -75,7 +75,7 @@ def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALI
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """The chosen images and where they came from; iterating yields model inputs."""
+    """The chosen images and where they came from; ``inputs()`` yields the model inputs."""
 
     source: str
     images: tuple[Path, ...]
