@@ -8,6 +8,7 @@ A source that cannot be opened at all raises a :class:`SourceError` that says ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Union
@@ -90,6 +91,18 @@ def _read(name: str, stem: str, image: ImageInput, bgr: bool = False) -> Frame:
         return Frame(name, stem, None, err)
 
 
+def capture_frames(capture) -> Iterator[np.ndarray]:
+    """RGB frames of an opened ``cv2.VideoCapture`` until a read fails; the capture is released at the end."""
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            yield np.ascontiguousarray(bgr[:, :, ::-1])
+    finally:
+        capture.release()
+
+
 def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
     cv2 = opencv()
     capture = cv2.VideoCapture(target)
@@ -100,17 +113,11 @@ def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
                               "list the cameras with `ls /dev/video*` (or `v4l2-ctl --list-devices`) and pass an "
                               "existing index; check that no other program holds the camera")
         raise SourceError(f"Cannot open video {target}", REENCODE.format(path=target))
-    try:
-        index = 0
-        while True:
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            yield Frame(f"{name}#{index}", f"{stem}_{index:06d}", np.ascontiguousarray(bgr[:, :, ::-1]))
-            index += 1
-    finally:
-        capture.release()
-    if index == 0 and not isinstance(target, int):
+    index = -1
+    with contextlib.closing(capture_frames(capture)) as frames:  # released when the caller stops early too
+        for index, rgb in enumerate(frames):
+            yield Frame(f"{name}#{index}", f"{stem}_{index:06d}", rgb)
+    if index < 0 and not isinstance(target, int):
         raise SourceError(f"No frame of video {target} could be decoded", REENCODE.format(path=target))
 
 

@@ -12,7 +12,6 @@ meanwhile; a read that hangs longer than ``stall_timeout`` is abandoned and the 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 
 from edge_yolov9.errors import EdgeYoloError, SourceError
 from edge_yolov9.preprocess import load_image
-from edge_yolov9.sources import VIDEO_SUFFIXES, folder_images, opencv
+from edge_yolov9.sources import VIDEO_SUFFIXES, capture_frames, folder_images, opencv
 
 from .config import SourceConfig
 from .stats import Stats, redact_uri
@@ -45,10 +44,27 @@ class CapturedFrame:
     error: EdgeYoloError | None = None
 
 
+def source_kind(uri: str) -> str:
+    """What ``uri`` names: 'picamera', 'stream', 'folder', 'camera', 'video' (a file with a video suffix),
+    'file' (another file, tried with OpenCV) or 'missing'. Checked again at each reopening: a camera or
+    file may appear later."""
+    path = Path(uri)
+    if uri == PICAMERA:
+        return "picamera"
+    if uri.startswith(STREAM_SCHEMES):
+        return "stream"
+    if path.is_dir():
+        return "folder"
+    if uri.isdigit() or (uri.startswith("/dev/") and path.exists()):
+        return "camera"
+    if path.is_file():
+        return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "file"
+    return "file" if path.exists() else "missing"
+
+
 def is_live(uri: str) -> bool:
     """Cameras and streams are live (frames go stale); video files and folders are not."""
-    path = Path(uri)
-    return not (path.is_dir() or (path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()))
+    return source_kind(uri) not in ("folder", "video")
 
 
 class FrameSlot:
@@ -87,18 +103,12 @@ def _opencv_frames(uri: str, config: SourceConfig) -> Iterator[np.ndarray]:
         capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, timeouts)
     else:
         capture = cv2.VideoCapture(target)
-    try:
-        if not capture.isOpened():
-            raise SourceError(f"Cannot open {redact_uri(uri)}",
-                              "check the URL, the camera index (`ls /dev/video*`) or the file; check that no other "
-                              "program holds the camera")
-        while True:
-            ok, bgr = capture.read()
-            if not ok:
-                return
-            yield np.ascontiguousarray(bgr[:, :, ::-1])
-    finally:
+    if not capture.isOpened():
         capture.release()
+        raise SourceError(f"Cannot open {redact_uri(uri)}",
+                          "check the URL, the camera index (`ls /dev/video*`) or the file; check that no other "
+                          "program holds the camera")
+    yield from capture_frames(capture)
 
 
 def _picamera_frames() -> Iterator[np.ndarray]:
@@ -198,15 +208,15 @@ class SourceReader:
 
     def _frames(self) -> Iterator[CapturedFrame]:
         uri = self.config.uri
-        if uri == PICAMERA:
+        kind = source_kind(uri)
+        if kind == "picamera":
             return self._numbered(_picamera_frames(), "picamera")
-        path = Path(uri)
-        if path.is_dir():
-            return self._folder(path)
-        if not self.live or uri.isdigit() or uri.startswith(STREAM_SCHEMES) or path.exists():
-            return self._numbered(_opencv_frames(uri, self.config), path.name if not self.live else "frame")
-        raise SourceError(f"Source not found: {uri}", "give a camera index, /dev/videoN, a stream URL, a video "
-                                                      "file, a folder of images or 'picamera2'")
+        if kind == "folder":
+            return self._folder(Path(uri))
+        if kind == "missing":
+            raise SourceError(f"Source not found: {uri}", "give a camera index, /dev/videoN, a stream URL, a video "
+                                                          "file, a folder of images or 'picamera2'")
+        return self._numbered(_opencv_frames(uri, self.config), Path(uri).name if not self.live else "frame")
 
     def _numbered(self, images: Iterator[np.ndarray], name: str) -> Iterator[CapturedFrame]:
         for image in images:
@@ -243,10 +253,11 @@ class SourceReader:
             self.on_status(online)
 
 
+SOURCE_NAMES = {"stream": "stream", "folder": "folder", "camera": "camera", "video": "video file",
+                "file": "video file", "missing": "source"}
+
+
 def describe_source(uri: str) -> str:
     """How the logs name the source: kind and (redacted) location."""
-    if uri == PICAMERA:
-        return "Pi camera"
-    kind = "stream" if uri.startswith(STREAM_SCHEMES) else "camera" if uri.isdigit() or uri.startswith("/dev/") \
-        else "folder" if Path(uri).is_dir() else "video file" if os.path.isfile(uri) else "source"
-    return f"{kind} {redact_uri(uri)}"
+    kind = source_kind(uri)
+    return "Pi camera" if kind == "picamera" else f"{SOURCE_NAMES[kind]} {redact_uri(uri)}"
