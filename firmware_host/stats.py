@@ -18,6 +18,9 @@ from typing import Any
 
 RATE_WINDOW = 10.0
 EWMA_WEIGHT = 0.1
+# The Pi's throttling flags change on the scale of seconds; reading them spawns `vcgencmd`, and the live page
+# and Prometheus ask for the stats often.
+THROTTLED_REFRESH = 10.0
 CREDENTIALS_IN_URI = re.compile(r"(?<=://)([^:/@]+):([^@/]+)@")
 
 
@@ -104,6 +107,7 @@ class Stats:
         self.detector_pid: int | None = None
         self.inference_ms: float | None = None
         self.events = 0
+        self._throttled: tuple[float, str | None] | None = None  # (when read, value)
 
     # --------------------------------------------------------------- reports from the components
     def frame_grabbed(self) -> None:
@@ -150,8 +154,17 @@ class Stats:
             self.events += count
 
     # --------------------------------------------------------------- views
+    def _throttled_flags(self, now: float) -> str | None:
+        if self._throttled is None or now - self._throttled[0] >= THROTTLED_REFRESH:
+            self._throttled = (now, pi_throttled())
+        return self._throttled[1]
+
     def to_dict(self) -> dict[str, Any]:
         now = time.monotonic()
+        # Read outside the lock: the detection loop reports into it and must not wait on `vcgencmd` or /proc.
+        detector_pid = self.detector_pid
+        system = {"cpu_temperature": cpu_temperature(), "throttled": self._throttled_flags(now),
+                  "rss_bytes": rss_bytes(), "detector_rss_bytes": rss_bytes(detector_pid) if detector_pid else None}
         with self._lock:
             return {
                 "service": {"name": self.name, "version": self.version, "uptime": round(time.time() - self.started, 1),
@@ -168,9 +181,7 @@ class Stats:
                              "inference_ms": None if self.inference_ms is None else round(self.inference_ms, 2),
                              "restarts": self.detector_restarts, "last_error": self.detector_error},
                 "events": self.events,
-                "system": {"cpu_temperature": cpu_temperature(), "throttled": pi_throttled(),
-                           "rss_bytes": rss_bytes(), "detector_rss_bytes": rss_bytes(self.detector_pid)
-                           if self.detector_pid else None},
+                "system": system,
             }
 
     def prometheus(self) -> str:
