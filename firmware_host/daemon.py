@@ -53,7 +53,8 @@ class Daemon:
         self.config = config
         self.stats = Stats(config.name, config.source.uri, __version__)
         self.hub = Hub(config.http.jpeg_quality)
-        self.detector = RemoteDetector(config.model, config.watchdog, self.stats)
+        self.detector = RemoteDetector(config.model, config.watchdog, self.stats,
+                                       on_status=lambda online: self._status("detector", online))
         self.tracker = Tracker(config.objects.end_after, config.objects.min_iou)
         self.slot = FrameSlot(self.stats)
         self.reader = SourceReader(config.source, self.slot, self.stats,
@@ -62,7 +63,6 @@ class Daemon:
         self.http = None
         self.model: ModelSummary | None = None
         self._stop = threading.Event()
-        self._detector_online = False
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -94,7 +94,7 @@ class Daemon:
             self.outputs.append(JsonLinesOutput(self.config.jsonl, self.config.name))
         for output in self.outputs:
             output.start()
-        self._status("detector", True)
+            self._call(output.on_status, "detector", True)  # it came online before the outputs existed
         self.reader.start()
         logger.info("Detecting %s with %s on %s", describe_source(self.config.source.uri), self.model.path,
                     self.model.device)
@@ -145,12 +145,9 @@ class Daemon:
         started = time.perf_counter()
         try:
             found = self.detector.detect(canvas)
-        except DetectorUnavailable:
-            self._status("detector", False)
+        except DetectorUnavailable:  # logged, counted and reported by the detector; the next frame retries
             return
         self.stats.frame_detected((time.perf_counter() - started) * 1e3)
-        if not self._detector_online:
-            self._status("detector", True)
         detections = self._keep(found, placement.to_image(np.array([d.box for d in found], np.float32).reshape(-1, 4)))
         snapshot = Snapshot(frame.number, frame.timestamp, frame.image, tuple(detections))
         self.hub.publish(snapshot)
@@ -183,10 +180,7 @@ class Daemon:
                 self._call(output.on_events, events)
 
     def _status(self, component: str, online: bool) -> None:
-        if component == "detector":
-            if online == self._detector_online:
-                return
-            self._detector_online = online
+        """A change of the source's or the detector's state: logged and told to the outputs."""
         logger.info("%s %s", component.capitalize(), "online" if online else "offline")
         for output in self.outputs:
             self._call(output.on_status, component, online)

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Callable
 import numpy as np
 
 from edge_yolov9.errors import EdgeYoloError
@@ -80,10 +81,12 @@ def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
 class RemoteDetector:
     """A :class:`edge_yolov9.Detector` in a child process: ``detect`` a letterboxed frame, restart on failure."""
 
-    def __init__(self, model: ModelConfig, watchdog: WatchdogConfig, stats: Stats):
+    def __init__(self, model: ModelConfig, watchdog: WatchdogConfig, stats: Stats,
+                 on_status: Callable[[bool], None] = lambda online: None):
         self.model = model
         self.watchdog = watchdog
         self.stats = stats
+        self.on_status = on_status  # called when the detector goes online or offline
         self.summary: ModelSummary | None = None
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded daemon
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -116,7 +119,7 @@ class RemoteDetector:
         if message[0] == "error":
             self._fail(message[1], message[2])
         self.summary = message[1]
-        self.stats.detector_status(True, device=self.summary.device, pid=process.pid)
+        self._set_online(True, device=self.summary.device, pid=process.pid)
         logger.info("Detector process %d ready: %s on %s", process.pid, self.summary.path, self.summary.device)
         return self.summary
 
@@ -164,9 +167,15 @@ class RemoteDetector:
     def _fail(self, problem: str, fix: str, stalled: bool = False) -> None:
         """Record the failure, kill the child and raise DetectorUnavailable."""
         self._stop_child(kill=stalled)
-        self.stats.detector_status(False, error=problem)
+        self._set_online(False, error=problem)
         logger.error("Detector: %s", problem)
         raise DetectorUnavailable(problem, fix)
+
+    def _set_online(self, online: bool, **details) -> None:
+        changed = online != self.stats.detector_online
+        self.stats.detector_status(online, **details)
+        if changed:
+            self.on_status(online)
 
     def _join(self) -> multiprocessing.process.BaseProcess:
         assert self._process is not None
