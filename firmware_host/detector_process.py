@@ -14,6 +14,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -66,6 +68,15 @@ def _child_main(connection: Connection, model: ModelConfig) -> None:
         connection.send([(tuple(d.box), d.score, d.class_id, d.label) for d in detections])
 
 
+def _limit_send_time(connection: Connection, seconds: float) -> None:
+    """Make a write to the child fail (EAGAIN) after ``seconds`` instead of blocking: a frame is larger than the
+    pipe's buffer, so a child that hangs before reading it would otherwise hold the sender, out of the
+    watchdog's reach."""
+    whole, fraction = divmod(seconds, 1.0)
+    with socket.fromfd(connection.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a dup: same socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(whole), int(fraction * 1e6)))
+
+
 def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
     code = process.exitcode
     if code is None:
@@ -107,6 +118,7 @@ class RemoteDetector:
                                         daemon=True)
         process.start()
         child.close()
+        _limit_send_time(parent, self.watchdog.stall_timeout)
         self._process, self._connection = process, parent
         if not parent.poll(self.watchdog.start_timeout):
             self._fail(f"the detector process did not load {self.model.path} within "
@@ -128,13 +140,16 @@ class RemoteDetector:
         if self._connection is None:
             self._restart()
         assert self._connection is not None
+        stuck = (f"an inference took longer than {self.watchdog.stall_timeout:g} s: the detector process is stuck "
+                 "and was killed", "check the Coral's USB connection and power")
         try:
             self._connection.send(canvas)
             if not self._connection.poll(self.watchdog.stall_timeout):
-                self._fail(f"an inference took longer than {self.watchdog.stall_timeout:g} s: the detector "
-                           "process is stuck and was killed", "check the Coral's USB connection and power", stalled=True)
+                self._fail(*stuck, stalled=True)
             found = self._connection.recv()
-        except (EOFError, OSError, BrokenPipeError):
+        except BlockingIOError:  # the frame did not fit in the pipe within stall_timeout: the child stopped reading
+            self._fail(*stuck, stalled=True)
+        except (EOFError, OSError):
             self._fail(f"the detector process died: {_exit_reason(self._join())}",
                        "it is restarted; if this repeats, run `edge-yolov9 doctor --model MODEL`")
         return [Detection(Box(*box), score, class_id, label) for box, score, class_id, label in found]

@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
+def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition") -> None:
     """Return once ``condition()`` is true; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
