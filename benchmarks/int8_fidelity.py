@@ -15,7 +15,7 @@ gives mAP50-95 / mAP50 of PyTorch fp32, float TFLite and int8 TFLite:
   lose is what conversion and quantization change, whatever the quality of the model, so a weakly
   trained model still measures fidelity.
 
-    python benchmarks/int8_fidelity.py [--checkpoint CKPT [--data DATA.yaml]] [--imgsz 320] [--calib-images 64]
+    python benchmarks/int8_fidelity.py [--checkpoint CKPT [--data DATA.yaml]] [--imgsz 320] [--calib-images 300]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.accuracy import AccuracyReport, TFLitePredictor, find_val_set, measure_accuracy
+from convert.calibration import DEFAULT_CALIBRATION_IMAGES
 from convert.export import prepare_for_export
 from convert.pipeline import FLOAT_MODEL, INT8_MODEL, ConvertOptions, convert_checkpoint
 from edge_yolov9.postprocess import PostprocessConfig
@@ -89,7 +90,8 @@ def accuracy_row(report: AccuracyReport) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"int8 fidelity of {result['checkpoint']} ({result['model']}, {len(result['labels'])} classes) at "
-          f"{result['imgsz']}x{result['imgsz']}, calibrated on {result['calib_images']} images of {result['data']}")
+          f"{result['imgsz']}x{result['imgsz']}, calibrated on {result['calib_images']} images of {result['data']} "
+          f"({result['calib_outliers']} outliers left out)")
     print(f"{'':<50}" + "".join(f"{name:>20}" for name in MODELS) + f"{'int8 - fp32 (AP)':>18}")
     print(f"{'':<50}" + f"{'mAP50-95   mAP50':>20}" * 3 + f"{'50-95    50':>18}")
     for title, row in result["rows"].items():
@@ -108,7 +110,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help=f"edge-yolov9 checkpoint (default: {DEMO_CHECKPOINT})")
     parser.add_argument("--data", type=Path, help="its data.yaml (default: the built-in shapes, the demo's data)")
     parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES)
     parser.add_argument("--epochs", type=int, default=4, help="training length when there is no checkpoint")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -135,7 +137,8 @@ def main() -> None:
             rows[title] = agreement(load_eval_set(source).image_paths, tuple(labels), pytorch, args.imgsz,
                                     predictors)
     result = {"checkpoint": str(checkpoint), "model": model.cfg.name, "labels": labels, "data": str(data),
-              "imgsz": args.imgsz, "calib_images": converted.metadata["calibration"]["images"], "rows": rows}
+              "imgsz": args.imgsz, "calib_images": converted.metadata["calibration"]["images"],
+              "calib_outliers": converted.metadata["calibration"]["outliers_left_out"], "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return

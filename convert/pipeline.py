@@ -141,6 +141,7 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
     check_layout(model, labels, options.layout)
     val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
     deployed = prepare_for_export(model)
+    calibration = calibration.without_outliers(deployed)
     logger.info("Converting %s (%d classes) at %dx%d, calibrating on %d images from %s", model.cfg.name,
                 len(labels), imgsz, imgsz, len(calibration.images), calibration.source)
 

@@ -6,10 +6,12 @@ The hand-built tiny models here (``int8_add_model``...) are shared with test_edg
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
@@ -339,6 +341,52 @@ def test_calibration_input_is_the_runtime_letterbox(coco128):
     calibration = calibration_set(coco128 / "images" / "train2017", 320, limit=1)
     canvas, _ = letterbox(load_image(calibration.images[0]), 320)
     np.testing.assert_array_equal(next(calibration.inputs())[0], canvas / np.float32(255))
+
+
+class _Redness(torch.nn.Module):
+    """A leaf that grows steeply with how red a pixel is: a solid red scene peaks far above photographs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(8 * (x[:, 0] - x[:, 1:].mean(1)))
+
+
+def test_calibration_leaves_out_images_whose_activations_stretch_the_ranges(tmp_path, coco128, caplog):
+    from PIL import Image
+
+    from convert.calibration import calibration_set
+
+    photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:24]
+    for photo in photos:
+        (tmp_path / photo.name).write_bytes(photo.read_bytes())
+    Image.new("RGB", (320, 240), (250, 0, 0)).save(tmp_path / "red_scene.png")
+    model = torch.nn.Sequential(torch.nn.Identity(), _Redness())
+
+    calibration = calibration_set(tmp_path, 128)
+    with caplog.at_level(logging.INFO):
+        kept = calibration.without_outliers(model)
+    assert tmp_path / "red_scene.png" in kept.outliers and tmp_path / "red_scene.png" not in kept.images
+    assert 1 <= len(kept.outliers) <= 2 and len(kept.images) + len(kept.outliers) == 25  # at most 10 % left out
+    assert kept.to_dict()["outliers_left_out"] == len(kept.outliers)
+    assert "red_scene.png" in caplog.text and "Leaving" in caplog.text
+    assert len(list(kept.inputs())) == len(kept.images)
+    small = calibration_set(tmp_path, 128, limit=19)  # too few images for a median to mean much
+    assert small.without_outliers(model) is small
+
+
+def test_outlier_rows_are_images_extreme_across_the_network_most_widespread_first():
+    from convert.calibration import outlier_rows
+
+    peaks = np.ones((20, 6))
+    peaks[:, 5] = 0.0  # a dead output: its median is 0 and it does not count
+    peaks[4, 5] = 50.0
+    peaks[7, :2] = 10.0  # extreme in 2 of 5 live layers
+    peaks[3, :1] = 100.0  # in 1 of 5 (a rare class lighting up its head, say): not an outlier by default
+    peaks[9, 1:4] = 3.5  # in 3 of 5
+    peaks[2, :] = 3.0  # not above the ratio
+    assert outlier_rows(peaks) == [9, 7]  # 10 % of 20 rows at most
+    assert outlier_rows(peaks, max_share=0.05) == [9]
+    assert outlier_rows(peaks, layer_share=0.2, max_share=0.5) == [9, 7, 3]
+    assert outlier_rows(peaks, ratio=2.0, layer_share=1.0, max_share=0.5) == [2]
 
 
 def test_empty_calibration_folder_names_the_folder_and_the_fix(tmp_path):
