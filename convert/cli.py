@@ -125,7 +125,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--calib", type=Path, required=True,
                          help="calibration images: a folder (searched recursively) or a YOLO data.yaml (train split)")
     convert.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
-                         help="use at most N calibration images, spread evenly over the sorted list")
+                         help="use at most N calibration images, spread evenly over the sorted list; images whose activations "
+                              "run far above the others' in a quarter of the layers or more are left out (logged)")
     convert.add_argument("--uint8-io", action="store_true",
                          help="uint8 input and outputs (QUANTIZE ops at the edges) instead of int8")
     convert.add_argument("--layout", choices=LAYOUTS, default="raw",
