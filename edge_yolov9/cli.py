@@ -11,16 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from .decode import DEFAULT_STRIDES
 from .errors import EdgeYoloError
 
 logger = logging.getLogger("edge_yolov9")
 COMMANDS_GROUP = "edge_yolov9.commands"
+MAX_STRIDE = max(DEFAULT_STRIDES)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,6 +39,71 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Hand
     parser = subparsers.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def int_arg(low: int | None = None, high: int | None = None, *, multiple_of: int | None = None,
+            hint: str = "") -> Callable[[str], int]:
+    """An argparse ``type`` that takes an integer in [low, high] (a bound of None is open), refused at parse
+    time with the allowed range, so no command starts work on a value it cannot use."""
+    allowed = _allowed("an integer", low, high, False, False)
+    if multiple_of:
+        allowed += f", a multiple of {multiple_of}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use {allowed}{hint}") from None
+        if (low is not None and value < low) or (high is not None and value > high) \
+                or (multiple_of and value % multiple_of):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {allowed}{hint}")
+        return value
+
+    return parse
+
+
+def float_arg(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+              high_open: bool = False, hint: str = "") -> Callable[[str], float]:
+    """An argparse ``type`` that takes a finite number in the range (``low_open``: low itself excluded)."""
+    allowed = _allowed("a number", low, high, low_open, high_open)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; use {allowed}{hint}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use {allowed}{hint}")
+        return value
+
+    return parse
+
+
+def _allowed(kind: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    lower = None if low is None else f"{'above' if low_open else 'at least' if high is not None else 'of at least'} {low}"
+    upper = None if high is None else f"{'below' if high_open else 'at most'} {high}"
+    if lower and upper and not (low_open or high_open):
+        return f"{kind} from {low} to {high}"
+    return " ".join([kind] + [" and ".join(part for part in (lower, upper) if part)])
+
+
+def input_size_arg(low: int, high: int) -> Callable[[str], int]:
+    """The square network input size: a multiple of the largest stride, in [low, high]."""
+    return int_arg(low, high, multiple_of=MAX_STRIDE, hint=" (e.g. 320 or 640)")
+
+
+def existing_file(text: str) -> Path:
+    """An argparse ``type`` for a file that must exist (a folder or an empty string is refused)."""
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; pass a file")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; pass a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} does not exist; check the path")
+    return path
 
 
 def print_result(result: Any, as_json: bool, render: Callable[[Any], str]) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from typing import Iterator
+
 
 class EdgeYoloError(Exception):
     """Base of the project's user-facing errors: ``str(err)`` says what is wrong and what to do."""
@@ -34,3 +39,34 @@ class MissingDependencyError(EdgeYoloError):
     def __init__(self, module: str, extra: str, purpose: str):
         super().__init__(f"{purpose} needs the Python package {module!r}, which is not installed.",
                          f"pip install 'edge-yolov9[{extra}]'")
+
+
+class OutputError(EdgeYoloError):
+    """A file that cannot be written: a full disk, a read-only file system, a missing folder, no permission."""
+
+
+def output_error(err: OSError, path: str | os.PathLike, what: str) -> OutputError:
+    """The OutputError for ``err`` raised while writing ``what`` to ``path``, with the fix for its cause."""
+    fixes = {
+        errno.ENOSPC: ("the disk is full", "free some space (`df -h` shows which disk) and run again"),
+        errno.EDQUOT: ("the disk quota is used up", "free some space or ask for a larger quota, and run again"),
+        errno.EROFS: ("the file system is read-only", "write somewhere else"),
+        errno.EACCES: ("permission denied", "write somewhere you may write, or fix the folder's permissions"),
+        errno.EPERM: ("permission denied", "write somewhere you may write, or fix the folder's permissions"),
+        errno.ENOENT: ("its folder does not exist", "create the folder first, or pick another path"),
+        errno.ENOTDIR: ("a part of the path is a file, not a folder", "pick another path"),
+        errno.EISDIR: ("it is a folder", "pass a file name"),
+    }
+    cause, fix = fixes.get(err.errno, (err.strerror or str(err), "check the path and the disk"))
+    return OutputError(f"Cannot write {what} to {os.fspath(path)}: {cause}", fix)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn an OSError inside the block into the OutputError that says what to do."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, EdgeYoloError):  # pragma: no cover - EdgeYoloError is no OSError today
+            raise
+        raise output_error(err, path, what) from None
