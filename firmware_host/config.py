@@ -3,24 +3,45 @@
 Every error names the key (``mqtt.port``), the line in the file and the fix. ``${VAR}`` in a string
 value is replaced by the environment variable ``VAR`` (or the file ``$CREDENTIALS_DIRECTORY/VAR`` that
 systemd's ``LoadCredential=`` provides), so passwords need not be written in the file. Secrets are
-``SecretStr``: they print as ``**********`` in logs, ``/api/stats`` and ``--validate-config``.
+``SecretStr``: they print as ``**********`` in logs, ``/api/stats`` and ``--validate-config``; the
+credentials in ``source.uri`` (its password, ``?password=``-like query values) print masked by
+:func:`redact`, which is what logs, stats, MQTT and HTTP show of any URI. YAML aliases and keys given
+twice are refused, and the files the config names must exist.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator
 
+from edge_yolov9.cli import existing_file
 from edge_yolov9.errors import EdgeYoloError
 from edge_yolov9.interpreter import parse_device
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOPIC_UNSAFE = re.compile(r"[#+\s]")
 MIN_TOKEN_LENGTH = 8
+# The user info of a URI: everything between '://' and the last '@' before the host, so a password may hold
+# '/' or '@' (``rtsp://admin:pa/ss@w@rd@cam:554/s``). A URI with no user info but an '@' in its path loses
+# that part of its path to the mask: better too much masked than a password shown.
+USERINFO = re.compile(r"(?<=://)(?P<user>[^:\s]*)(?P<password>:\S*)?@(?=[^@/?#\s]*(?:[/?#\s]|$))")
+# Query values that are credentials: ?password=, &pwd=, &token=, &api_key=, &auth=, &secret=, &sig=, ...
+SECRET_QUERY_VALUE = re.compile(r"(?i)(?P<key>[?&;][^=&#\s]*(?:pass|pwd|token|key|auth|secret|sig|cred|session)"
+                                r"[^=&#\s]*=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it masked: ``rtsp://user:secret@cam/s?token=t`` ->
+    ``rtsp://user:***@cam/s?token=***``. The one redaction of URIs for logs, stats, MQTT, HTTP and the
+    config's printout."""
+    text = SECRET_QUERY_VALUE.sub(r"\g<key>***", text)
+    return USERINFO.sub(lambda m: f"{m['user']}:***@" if m["password"] else "***@", text)
 
 
 class ConfigError(EdgeYoloError):
@@ -31,6 +52,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _existing_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file; else the error says so, and what belongs there. Checked when the config is
+    read, so ``--validate-config`` finds a wrong path, not the daemon's start (or a reconnect) later."""
+    try:
+        return existing_file(str(path))
+    except argparse.ArgumentTypeError as err:
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ValueError(f"{err}{where}; this key takes {what}") from None
+
+
 class ModelConfig(Section):
     path: Path = Field(description="a .tflite from `edge-yolov9 convert` (or its _edgetpu compilation)")
     device: str = Field("auto", description="auto, cpu, usb, usb:N, pci, pci:N")
@@ -38,6 +69,11 @@ class ModelConfig(Section):
     score_threshold: float = Field(0.4, gt=0, le=1)
     iou_threshold: float = Field(0.45, gt=0, le=1)
     max_detections: int = Field(100, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: Path) -> Path:
+        return _existing_file(value, "a .tflite from `edge-yolov9 convert`")
 
     @field_validator("device")
     @classmethod
@@ -57,6 +93,20 @@ class SourceConfig(Section):
     stall_timeout: float = Field(20.0, gt=0, description="seconds without a frame before the source is reopened")
     reconnect_initial: float = Field(1.0, gt=0, description="first wait before reopening a source (seconds)")
     reconnect_max: float = Field(30.0, gt=0, description="longest wait between reopening attempts (seconds)")
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _camera_index(cls, value: Any) -> Any:
+        """``uri: 0`` (unquoted, so YAML makes it a number) is camera 0."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_serializer("uri")
+    def _masked(self, uri: str) -> str:
+        return redact(uri)
+
+    def __repr_args__(self):
+        """A logged or printed config shows the uri masked too."""
+        return [(name, redact(value) if name == "uri" else value) for name, value in super().__repr_args__()]
 
 
 class LabelFilter(Section):
@@ -88,6 +138,8 @@ class HttpConfig(Section):
     token: Optional[SecretStr] = Field(None, description="bearer token required by every endpoint but /api/health")
     jpeg_quality: int = Field(80, ge=10, le=100)
     stream_fps: float = Field(10.0, gt=0, description="highest frame rate of the MJPEG stream")
+    max_connections: int = Field(64, ge=4, le=1024, description="open connections at most, MJPEG streams "
+                                                                "included; more get 503")
 
 
     @field_validator("token")
@@ -113,6 +165,11 @@ class MqttConfig(Section):
     discovery: bool = Field(True, description="Home Assistant MQTT discovery")
     discovery_prefix: str = "homeassistant"
     tls_ca_certs: Optional[Path] = None
+
+    @field_validator("tls_ca_certs")
+    @classmethod
+    def _ca_file(cls, value: Optional[Path]) -> Optional[Path]:
+        return None if value is None else _existing_file(value, "the broker's CA certificate (PEM)")
 
     @field_validator("topic_prefix", "discovery_prefix")
     @classmethod
@@ -149,27 +206,60 @@ class DaemonConfig(Section):
         return self.model_dump(mode="json")
 
 
-def _line_numbers(text: str) -> dict[tuple, int]:
-    """1-based line of each key path in the YAML document (for error messages)."""
-    import yaml
+class _Loader(yaml.SafeLoader):
+    """YAML without aliases: nine lines of nested ``*a`` expand to a billion values (a "billion laughs"),
+    which would hang the checks; this config has no use for them."""
 
-    lines: dict[tuple, int] = {}
+    def __init__(self, text: str, origin: str):
+        super().__init__(text)
+        self.origin = origin
 
-    def walk(node: Any, path: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                lines[path + (key.value,)] = key.start_mark.line + 1
-                walk(value, path + (key.value,))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines[path + (index,)] = item.start_mark.line + 1
-                walk(item, path + (index,))
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"{self.origin} line {event.start_mark.line + 1}: the YAML alias *{event.anchor} is "
+                              "not allowed in the daemon's config",
+                              "write the value out in full there (anchors and aliases are refused)")
+        return super().compose_node(parent, index)
 
+
+def _read_yaml(text: str, origin: str) -> tuple[Any, dict[tuple, int]]:
+    """The document in ``text`` and the 1-based line of each key path (for error messages); a key given
+    twice in one mapping is an error (YAML would keep the last silently)."""
+    loader = _Loader(text, origin)
     try:
-        walk(yaml.compose(text), ())
-    except yaml.YAMLError:
-        pass
-    return lines
+        root = loader.get_single_node()
+        lines: dict[tuple, int] = {}
+        twice: list[str] = []
+
+        def walk(node: Any, path: tuple) -> None:
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if not isinstance(key, yaml.ScalarNode):
+                        continue  # a list as a key: construct_document refuses it
+                    where, line = path + (key.value,), key.start_mark.line + 1
+                    if where in lines:
+                        twice.append(f"{'.'.join(map(str, where))} at lines {lines[where]} and {line}")
+                        continue
+                    lines[where] = line
+                    walk(value, where)
+            elif isinstance(node, yaml.SequenceNode):
+                for index, item in enumerate(node.value):
+                    lines[path + (index,)] = item.start_mark.line + 1
+                    walk(item, path + (index,))
+
+        walk(root, ())
+        if twice:
+            raise ConfigError(f"{origin} gives a key twice: {'; '.join(twice)}",
+                              "keep one of each (merge the settings of two sections into one)")
+        return (None if root is None else loader.construct_document(root)), lines
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{origin} is not valid YAML{at}: {getattr(err, 'problem', err)}",
+                          "fix the indentation or quoting there") from None
+    finally:
+        loader.dispose()
 
 
 def _substitute(value: Any, where: str) -> Any:
@@ -212,15 +302,8 @@ def _describe(err: ValidationError, lines: dict[tuple, int]) -> str:
 
 def parse_config(text: str, origin: str = "<config>", overrides: dict[str, Any] | None = None) -> DaemonConfig:
     """A validated configuration from YAML ``text``; ``overrides`` (dotted keys, e.g. from CLI flags) win."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{origin} is not valid YAML{at}: {getattr(err, 'problem', err)}",
-                          "fix the indentation or quoting there") from None
+    data, lines = _read_yaml(text, origin)
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must be a mapping of sections (model:, source:, ...)",
                           "see `edge-yolov9 serve --print-sample-config`")
@@ -234,7 +317,7 @@ def parse_config(text: str, origin: str = "<config>", overrides: dict[str, Any] 
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{origin} is not a valid daemon configuration:\n{_describe(err, _line_numbers(text))}",
+        raise ConfigError(f"{origin} is not a valid daemon configuration:\n{_describe(err, lines)}",
                           "correct the keys listed (`edge-yolov9 serve --print-sample-config` shows every key)") \
             from None
 

@@ -2,31 +2,26 @@
 
 Rates (camera, detection and skipped fps) are measured over the last ``RATE_WINDOW`` seconds;
 inference time is an exponential average (weight 0.1 for the newest), as Frigate reports it.
-Nothing secret goes in: the source URI is shown with its password masked.
+Nothing secret goes in: the source URI, and any URI in a source error, is shown with its credentials masked.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import re
 import shutil
 import subprocess
 import threading
 import time
 from typing import Any
 
+from .config import redact
+
 RATE_WINDOW = 10.0
 EWMA_WEIGHT = 0.1
 # The Pi's throttling flags change on the scale of seconds; reading them spawns `vcgencmd`, and the live page
 # and Prometheus ask for the stats often.
 THROTTLED_REFRESH = 10.0
-CREDENTIALS_IN_URI = re.compile(r"(?<=://)([^:/@]+):([^@/]+)@")
-
-
-def redact_uri(uri: str) -> str:
-    """``rtsp://user:secret@cam/stream`` -> ``rtsp://user:***@cam/stream``."""
-    return CREDENTIALS_IN_URI.sub(r"\1:***@", uri)
 
 
 class _Rate:
@@ -92,7 +87,7 @@ class Stats:
     def __init__(self, name: str, source_uri: str, version: str):
         self.name = name
         self.version = version
-        self.source_uri = redact_uri(source_uri)
+        self.source_uri = redact(source_uri)
         self.started = time.time()
         self._lock = threading.Lock()
         self._grabbed, self._detected, self._dropped = _Rate(), _Rate(), _Rate()
@@ -123,7 +118,7 @@ class Stats:
     def frame_error(self, problem: str) -> None:
         with self._lock:
             self.frame_errors += 1
-            self.source_error = problem
+            self.source_error = redact(problem)
 
     def frame_detected(self, inference_ms: float) -> None:
         with self._lock:
@@ -136,7 +131,7 @@ class Stats:
         with self._lock:
             self.source_online = online
             if error is not None:
-                self.source_error = error
+                self.source_error = redact(error)
             self.source_reconnects += int(reconnect)
 
     def detector_status(self, online: bool, *, device: str | None = None, pid: int | None = None,

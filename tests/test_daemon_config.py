@@ -1,20 +1,38 @@
-"""The daemon's configuration: validation with key and line, ${VAR} secrets, CLI overrides, the sample, the unit."""
+"""The daemon's configuration: validation with key and line, ${VAR} secrets, CLI overrides, the sample, the unit;
+hostile or mistaken files (an alias bomb, keys given twice, files that are not there) and masked camera passwords."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from edge_yolov9.cli import main
 from firmware_host.cli import SAMPLE_CONFIG
-from firmware_host.config import ConfigError, load_config, parse_config
+from firmware_host.config import ConfigError, load_config, parse_config, redact
 from firmware_host.systemd import existing_groups, unit_text, watchdog_seconds
 
 MINIMAL = "model:\n  path: m.tflite\nsource:\n  uri: '0'\n"
+
+
+@pytest.fixture(autouse=True)
+def model_files(tmp_path, monkeypatch):
+    """The models MINIMAL and the sample name exist (the config checks), in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("m.tflite", "model_int8_edgetpu.tflite"):
+        (tmp_path / name).write_bytes(b"TFL3")
+
+
+def validate(config: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``edge-yolov9 serve --config CONFIG --validate-config`` in a process of its own, as users run it."""
+    return subprocess.run([sys.executable, "-m", "edge_yolov9.cli", "serve", "--config", str(config),
+                           "--validate-config"], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=config.parent)
 
 
 def test_the_sample_config_is_valid_and_shows_every_key():
@@ -135,3 +153,95 @@ def test_install_service_writes_a_unit_with_watchdog_restart_and_device_groups(t
 def test_a_short_http_token_is_refused():
     with pytest.raises(ConfigError, match=r"http.token \(line 6\): a token needs 8 characters at least"):
         parse_config(MINIMAL + "http:\n  token: ''\n")
+
+
+# --------------------------------------------------------------------------- secrets in URIs
+@pytest.mark.parametrize("uri, shown", [
+    ("rtsp://user:secret@cam/stream", "rtsp://user:***@cam/stream"),
+    ("rtsp://admin:pa/ss@w@rd@cam.local:554/stream", "rtsp://admin:***@cam.local:554/stream"),
+    ("rtsp://admin:p?ss#1@cam:554/s", "rtsp://admin:***@cam:554/s"),
+    ("http://a1b2c3token@cam/video.mjpg", "http://***@cam/video.mjpg"),
+    ("rtsp://cam/live?channel=1&user=admin&pwd=x1&password=x2&passwd=x3&pass=x4",
+     "rtsp://cam/live?channel=1&user=admin&pwd=***&password=***&passwd=***&pass=***"),
+    ("http://cam/s.mjpg?token=x1&KEY=x2&api_key=x3&auth=x4&secret=x5&sig=x6&access_token=x7",
+     "http://cam/s.mjpg?token=***&KEY=***&api_key=***&auth=***&secret=***&sig=***&access_token=***"),
+    ("http://u:pw@cam:8080/v?user=u&password=p@ss#frag", "http://u:***@cam:8080/v?user=u&password=***"),
+    ("Cannot open rtsp://a:b@cam/x (timeout), nor http://c:d@cam2/y",
+     "Cannot open rtsp://a:***@cam/x (timeout), nor http://c:***@cam2/y"),
+    ("rtsp://cam.local:554/live", "rtsp://cam.local:554/live"),
+    ("/srv/frames@2x/", "/srv/frames@2x/"),
+    ("0", "0"),
+])
+def test_credentials_in_uris_are_masked(uri, shown):
+    assert redact(uri) == shown
+
+
+def test_validate_config_masks_the_camera_password_yet_the_capture_gets_it(tmp_path, monkeypatch):
+    """The sample's recommended form, with a password holding '/' and '@', in the userinfo and the query."""
+    password = "pa/ss@w@rd"
+    config = tmp_path / "daemon.yaml"
+    config.write_text("model:\n  path: m.tflite\nsource:\n  uri: rtsp://admin:${CAMERA_PASSWORD}@cam.local:554/"
+                      "stream?channel=1&user=admin&password=${CAMERA_PASSWORD}\n")
+    done = validate(config, {"CAMERA_PASSWORD": password})
+    assert done.returncode == 0, done.stderr
+    assert "pa/ss" not in done.stdout + done.stderr and "w@rd" not in done.stdout + done.stderr
+    shown = json.loads(done.stdout[:done.stdout.rindex("}") + 1])
+    assert shown["source"]["uri"] == "rtsp://admin:***@cam.local:554/stream?channel=1&user=admin&password=***"
+    monkeypatch.setenv("CAMERA_PASSWORD", password)
+    source = load_config(config).source
+    assert source.uri == f"rtsp://admin:{password}@cam.local:554/stream?channel=1&user=admin&password={password}"
+    assert password not in repr(source) and password not in str(load_config(config))
+
+
+# --------------------------------------------------------------------------- hostile or mistaken files
+def test_an_alias_bomb_is_refused_at_once_naming_the_line(tmp_path):
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in "bcdefghi":  # 9 ** 9 values once expanded
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    config = tmp_path / "daemon.yaml"
+    config.write_text("\n".join(lines) + "\n" + MINIMAL)
+    assert config.stat().st_size < 700
+    started = time.monotonic()
+    done = validate(config, timeout=60)
+    assert done.returncode == 2 and time.monotonic() - started < 30
+    assert "line 2: the YAML alias *a is not allowed" in done.stderr and "fix:" in done.stderr
+
+
+def test_missing_model_and_ca_files_are_named_with_key_line_and_fix(tmp_path):
+    config = tmp_path / "daemon.yaml"
+    config.write_text("model:\n  path: gone.tflite\nsource:\n  uri: '0'\nmqtt:\n  enabled: true\n"
+                      f"  tls_ca_certs: {tmp_path / 'ca.pem'}\n")
+    done = validate(config)
+    assert done.returncode == 2 and "configuration OK" not in done.stdout
+    assert f"model.path (line 2): gone.tflite does not exist; check the path (relative to {tmp_path})" in done.stderr
+    assert "a .tflite from `edge-yolov9 convert`" in done.stderr
+    assert f"mqtt.tls_ca_certs (line 7): {tmp_path / 'ca.pem'} does not exist" in done.stderr
+    (tmp_path / "ca.pem").mkdir()
+    (tmp_path / "gone.tflite").write_bytes(b"TFL3")
+    done = validate(config)
+    assert done.returncode == 2 and "model.path" not in done.stderr
+    assert f"mqtt.tls_ca_certs (line 7): {tmp_path / 'ca.pem'} is a folder; pass a file" in done.stderr
+    (tmp_path / "ca.pem").rmdir()
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert validate(config).returncode == 0
+
+
+def test_an_unquoted_camera_index_is_camera_0(tmp_path):
+    config = tmp_path / "daemon.yaml"
+    config.write_text("model:\n  path: m.tflite\nsource:\n  uri: 0\n")
+    done = validate(config)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout[:done.stdout.rindex("}") + 1])["source"]["uri"] == "0"
+    assert load_config(config).source.uri == "0"
+    with pytest.raises(ConfigError, match=r"source.uri \(line 4\)"):
+        parse_config("model:\n  path: m.tflite\nsource:\n  uri: true\n")
+
+
+def test_keys_given_twice_are_refused_with_both_lines(tmp_path):
+    config = tmp_path / "daemon.yaml"
+    config.write_text(MINIMAL + "http:\n  port: 8091\n  host: 0.0.0.0\n  port: 8092\nmodel:\n  path: other.tflite\n")
+    done = validate(config)
+    assert done.returncode == 2 and "configuration OK" not in done.stdout
+    assert "gives a key twice: http.port at lines 6 and 8; model at lines 1 and 9" in done.stderr
+    assert "fix: keep one of each" in done.stderr

@@ -344,6 +344,7 @@ def test_wrong_password_is_reported_without_the_password(tmp_path, make_output, 
 
 
 def test_unreadable_ca_certificate_is_a_configuration_error(tmp_path):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")  # a missing one is refused by the config already
     with pytest.raises(EdgeYoloError, match="mqtt.tls_ca_certs"):
-        MqttOutput(MqttConfig(enabled=True, tls_ca_certs=tmp_path / "missing.pem"), "camera", LABELS,
+        MqttOutput(MqttConfig(enabled=True, tls_ca_certs=tmp_path / "ca.pem"), "camera", LABELS,
                    Stats("camera", "0", VERSION), VERSION)
