@@ -4,9 +4,11 @@ A live source (camera, Pi camera, stream) is read as fast as it delivers; each f
 one before if the detector has not taken it yet, and the replaced frame is counted as dropped:
 nothing queues, so a slow detector never makes the results late. A finite source (video file,
 folder of images) is read at the detector's pace instead: nothing in it goes stale, so no frame
-is skipped. A live source that fails to open, stops delivering or errors is reopened with
-exponential back-off (``reconnect_initial`` doubling up to ``reconnect_max``) and reported offline
-meanwhile; a read that hangs longer than ``stall_timeout`` is abandoned and the source reopened.
+is skipped; an image of a folder that cannot be read (corrupt, too many pixels) is reported and
+skipped, and a folder with no readable image at all is an error, as is a finite source that cannot be
+opened. A live source that fails to open, stops delivering or errors is reopened with exponential
+back-off (``reconnect_initial`` doubling up to ``reconnect_max``) and reported offline meanwhile; a
+read that hangs longer than ``stall_timeout`` is abandoned and the source reopened.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edge_yolov9.errors import EdgeYoloError, SourceError
+from edge_yolov9.errors import EdgeYoloError, ImageError, SourceError
 from edge_yolov9.preprocess import load_image
 from edge_yolov9.sources import VIDEO_SUFFIXES, capture_frames, folder_images, opencv
 
-from .config import SourceConfig
-from .stats import Stats, redact_uri
+from .config import SourceConfig, redact
+from .stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def _opencv_frames(uri: str, config: SourceConfig) -> Iterator[np.ndarray]:
         capture = cv2.VideoCapture(target)
     if not capture.isOpened():
         capture.release()
-        raise SourceError(f"Cannot open {redact_uri(uri)}",
+        raise SourceError(f"Cannot open {redact(uri)}",
                           "check the URL, the camera index (`ls /dev/video*`) or the file; check that no other "
                           "program holds the camera")
     yield from capture_frames(capture)
@@ -141,6 +143,7 @@ class SourceReader:
         self.on_status = on_status
         self.live = is_live(config.uri)
         self.finished = threading.Event()   # a finite source without `loop` has been read to its end
+        self.failure: EdgeYoloError | None = None   # why a finite source ended early, if it did
         self.last_frame = time.monotonic()
         self._stop = threading.Event()
         self._generation = 0
@@ -166,14 +169,14 @@ class SourceReader:
         if not self.live or not self._online or time.monotonic() - self.last_frame < self.config.stall_timeout:
             return
         self._set_online(False, f"no frame for {self.config.stall_timeout:g} s")
-        logger.error("No frame from %s in %g s: reopening it", redact_uri(self.config.uri), self.config.stall_timeout)
+        logger.error("No frame from %s in %g s: reopening it", redact(self.config.uri), self.config.stall_timeout)
         self.start()  # the hung read belongs to an older generation, which exits when (if) it returns
 
     # ------------------------------------------------------------------ the reading thread
     def _run(self, generation: int) -> None:
         delay = self.config.reconnect_initial
         while not self._stop.is_set() and generation == self._generation:
-            delivered, problem = False, None
+            delivered, error = False, None
             try:
                 for frame in self._frames():
                     if self._stop.is_set() or generation != self._generation:
@@ -181,26 +184,27 @@ class SourceReader:
                     delivered = True
                     self._deliver(frame)
             except EdgeYoloError as err:
-                problem = err.problem
+                error = err
             except Exception as err:  # a camera driver error must not end the daemon's source for good
-                problem = f"{type(err).__name__}: {err}"
+                error = SourceError(redact(f"{type(err).__name__}: {err}"))
             if generation != self._generation:
                 return
             if not self.live:
-                if problem is None and self.config.loop:
+                if error is None and self.config.loop:
                     continue
-                self._set_online(False, problem or "ended")
-                if problem:
-                    logger.error("Source %s: %s", self.config.uri, problem)
+                self._set_online(False, error.problem if error else "ended")
+                if error:
+                    logger.error("Source %s: %s", redact(self.config.uri), error.problem)
                 else:
-                    logger.info("Source %s ended", self.config.uri)
+                    logger.info("Source %s ended", redact(self.config.uri))
+                self.failure = error
                 self.finished.set()
                 return
+            problem = error.problem if error else "the stream ended"
             if delivered:
                 delay = self.config.reconnect_initial
-            problem = problem or "the stream ended"
             self._set_online(False, problem)
-            logger.error("Source %s: %s; reopening in %g s", redact_uri(self.config.uri), problem, delay)
+            logger.error("Source %s: %s; reopening in %g s", redact(self.config.uri), problem, delay)
             if self._stop.wait(delay):
                 return
             self.stats.source_status(False, reconnect=True)
@@ -214,8 +218,8 @@ class SourceReader:
         if kind == "folder":
             return self._folder(Path(uri))
         if kind == "missing":
-            raise SourceError(f"Source not found: {uri}", "give a camera index, /dev/videoN, a stream URL, a video "
-                                                          "file, a folder of images or 'picamera2'")
+            raise SourceError(f"Source not found: {redact(uri)}", "give a camera index, /dev/videoN, a stream URL, "
+                                                                  "a video file, a folder of images or 'picamera2'")
         return self._numbered(_opencv_frames(uri, self.config), Path(uri).name if not self.live else "frame")
 
     def _numbered(self, images: Iterator[np.ndarray], name: str) -> Iterator[CapturedFrame]:
@@ -224,15 +228,26 @@ class SourceReader:
             yield CapturedFrame(self._number, time.time(), f"{name}#{self._number}", image)
 
     def _folder(self, folder: Path) -> Iterator[CapturedFrame]:
+        """Each image of ``folder``; one that cannot be read is a frame with its error (the daemon reports and
+        skips it), whatever the decoder raised (a corrupt file, more pixels than Pillow allows)."""
         paths = folder_images(folder)
         if not paths:
             raise SourceError(f"No images in folder {folder}", "add images or point source.uri elsewhere")
+        readable = 0
         for path in paths:
             self._number += 1
             try:
-                yield CapturedFrame(self._number, time.time(), str(path), load_image(path))
+                image, error = load_image(path), None
             except EdgeYoloError as err:
-                yield CapturedFrame(self._number, time.time(), str(path), None, err)
+                image, error = None, err
+            except Exception as err:
+                image, error = None, ImageError(f"Cannot read image {path}: {type(err).__name__}: {err}",
+                                                "re-export the image or remove it from the folder")
+            readable += error is None
+            yield CapturedFrame(self._number, time.time(), str(path), image, error)
+        if not readable:
+            raise SourceError(f"None of the {len(paths)} images in folder {folder} can be read",
+                              "the daemon's log names each and why; replace them or point source.uri elsewhere")
 
     def _deliver(self, frame: CapturedFrame) -> None:
         now = time.monotonic()
@@ -260,4 +275,4 @@ SOURCE_NAMES = {"stream": "stream", "folder": "folder", "camera": "camera", "vid
 def describe_source(uri: str) -> str:
     """How the logs name the source: kind and (redacted) location."""
     kind = source_kind(uri)
-    return "Pi camera" if kind == "picamera" else f"{SOURCE_NAMES[kind]} {redact_uri(uri)}"
+    return "Pi camera" if kind == "picamera" else f"{SOURCE_NAMES[kind]} {redact(uri)}"

@@ -100,7 +100,8 @@ class Daemon:
                     self.model.device)
 
     def run(self) -> None:
-        """Start, then detect until stopped; always closes what it opened."""
+        """Start, then detect until stopped; always closes what it opened. A finite source that ends in an
+        error raises it, so the process exits non-zero (and systemd's Restart=on-failure restarts it)."""
         try:
             self.start()
             systemd.notify("READY=1")
@@ -118,6 +119,8 @@ class Daemon:
                 else:
                     self.reader.check_stall()
                     self._dispatch(self.tracker.update([]), None)
+            if self.reader.failure is not None:
+                raise self.reader.failure
         finally:
             self.close()
 

@@ -188,8 +188,12 @@ def test_systemd_hears_ready_watchdog_and_stopping(model, coco128, tmp_path, mon
 def test_a_model_that_cannot_load_stops_the_start_with_the_fix(tmp_path, coco128, capsys):
     from edge_yolov9.cli import main
 
+    gone = tmp_path / "gone.tflite"
+    gone.write_bytes(b"TFL3")
+    config = make_config(gone, str(coco128))  # the config checks that it is there...
+    gone.unlink()                             # ...but it may go before the daemon starts
     with pytest.raises(DetectorUnavailable, match="Model not found"):
-        Daemon(make_config(tmp_path / "missing.tflite", str(coco128))).run()
+        Daemon(config).run()
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(b"TFL3" + b"\0" * 60)
     assert main(["serve", "--model", str(truncated), "--source", str(coco128), "--http-port", "0"]) == 2
