@@ -4,13 +4,14 @@ A checkpoint is a dict of plain data and tensors, so loading it never runs pickl
 
 ``{"format": "edge-yolov9", "version": 1, "config": {...}, "names": [...], "model": state_dict,
 "meta": {...}}``, plus training state (optimizer, EMA, epoch) for resumable training runs.
+Its structure is checked once, in :func:`read_checkpoint`, so every command refuses a damaged or
+altered file with the same message naming the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -18,12 +19,31 @@ from typing import Any
 
 import torch
 
-from edge_yolov9.errors import ModelError
+from edge_yolov9.errors import ModelError, OutputError, output_error
 
 from .models import ModelConfig, YOLO, create_model
 
 FORMAT = "edge-yolov9"
 VERSION = 1
+# A checkpoint may decompress to at most this much: torch.load allocates every zip entry's declared size
+# before reading it, so a small deflate-compressed file could otherwise claim gigabytes. yolov9-s with its
+# training state is about 0.15 GB.
+MAX_UNCOMPRESSED_BYTES = 2 << 30
+# Tensors of trained weights compress by a few percent; entries that claim this ratio are crafted.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECKED_FROM_BYTES = 16 << 20
+TRAINING_STATE: dict[str, type | tuple[type, ...]] = {
+    "train_model": dict, "optimizer": dict, "ema_updates": int, "epoch": int, "best_fitness": (int, float),
+    "history": list, "train_config": dict}
+FIX_RECREATE = "the file was altered or damaged: re-create it (edge-yolov9 train, or edge-yolov9 import)"
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"), (b"TFL3", "a TFLite model"),
+    (b"\x08", "probably an ONNX model"),
+)
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_OPCODE = b"\x80"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -35,20 +55,137 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _describe_bytes(head: bytes) -> str:
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"unknown binary data (first bytes {head[:8]!r})"
+
+
+def _check_archive_size(infos: list[zipfile.ZipInfo], path: Path) -> None:
+    total = sum(info.file_size for info in infos)
+    if total > MAX_UNCOMPRESSED_BYTES:
+        raise ModelError(f"{path} would decompress to {total / 2**30:.1f} GiB, more than the "
+                         f"{MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB any YOLOv9-T/S checkpoint needs",
+                         "the file is damaged or crafted; do not use it")
+    for info in infos:
+        if info.file_size > RATIO_CHECKED_FROM_BYTES and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
+            raise ModelError(f"{path}: the entry {info.filename} expands {info.compress_size:,} bytes to "
+                             f"{info.file_size:,} (more than {MAX_COMPRESSION_RATIO}x), which no model weights do",
+                             "the file is damaged or crafted; do not use it")
+
+
+def check_container(path: Path, fix: str) -> None:
+    """Refuse, before torch.load sees them, files it would misread, hand to TorchScript, or decompress
+    without bound; ``fix`` says what to pass instead of a file that is no PyTorch checkpoint."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not head:
+        raise ModelError(f"{path} is empty", fix)
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                infos = archive.infolist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ModelError(f"{path} is a truncated or damaged checkpoint (its zip directory is unreadable: {err})",
+                             "download or copy the file again; compare its size or sha256 with the original") from None
+        records = [info.filename for info in infos]
+        if any(name.endswith("constants.pkl") for name in records):
+            raise ModelError(f"{path} is a TorchScript archive (torch.jit.save), which runs code when loaded",
+                             "import the training checkpoint (torch.save of the model or its state_dict) instead")
+        if not any(name.endswith("data.pkl") for name in records):
+            raise ModelError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)", fix)
+        _check_archive_size(infos, path)
+    elif not head.startswith(_PICKLE_PROTOCOL_OPCODE):
+        raise ModelError(f"{path} is not a PyTorch checkpoint: it looks like {_describe_bytes(head)}", fix)
+
+
+def check_output_path(path: str | os.PathLike, what: str) -> Path:
+    """Refuse an output path that is a folder before anything is computed or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"Cannot write {what} to {path}: it is a folder", f"pass a file name, e.g. {path / 'model.pt'}")
+    return path
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError raised from it."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,
                     meta: dict[str, Any] | None = None, **training_state: Any) -> Path:
-    """Write atomically (temp file + rename), so an interrupted save never leaves a broken checkpoint."""
+    """Write atomically (temp file + rename), so an interrupted save never leaves a broken checkpoint;
+    the temp file is removed when the save fails, and a full disk is an OutputError that says so."""
     if len(names) != model.cfg.num_classes:
         raise ValueError(f"{len(names)} class names for a model with {model.cfg.num_classes} classes.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_path(path, "the checkpoint")
     payload = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(), "names": list(names),
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "meta": dict(meta or {}), **training_state}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        torch.save(payload, tmp)
-    os.replace(tmp.name, path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            tmp = handle.name
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err)
+        if cause is not None:
+            raise output_error(cause, path, "the checkpoint") from None
+        raise
     return path
+
+
+def remove_stale_temp_files(folder: Path, *names: str) -> list[Path]:
+    """Delete the temp files that saves of ``names`` killed mid-write (kill -9, power loss) left in
+    ``folder``; returns them."""
+    stale = [p for name in names for p in sorted(folder.glob(f".{name}.*")) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _invalid(path: Path, key: str, problem: str) -> ModelError:
+    return ModelError(f"{path} is a damaged edge-yolov9 checkpoint: '{key}' {problem}", FIX_RECREATE)
+
+
+def _check_structure(payload: dict[str, Any], path: Path) -> None:
+    version = payload.get("version")
+    if type(version) is not int or version < 1:
+        raise _invalid(path, "version", f"is {version!r}, not a format version (an integer from 1)")
+    if version > VERSION:
+        raise ModelError(f"{path} was written by a newer edge-yolov9 (format version {version})",
+                         "upgrade edge-yolov9")
+    for key, kind in (("config", dict), ("names", list), ("model", dict), ("meta", dict)):
+        if not isinstance(payload.get(key), kind):
+            problem = "is missing" if key not in payload else f"is a {type(payload[key]).__name__}, not a {kind.__name__}"
+            raise _invalid(path, key, problem)
+    try:
+        cfg = ModelConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as err:
+        raise _invalid(path, "config", f"is not a valid model config ({err})") from None
+    names = payload["names"]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise _invalid(path, "names", f"must list the class names as non-empty strings, got {names[:5]!r}")
+    if len(names) != cfg.num_classes:
+        raise _invalid(path, "names", f"lists {len(names)} classes but the model has {cfg.num_classes}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()):
+        raise _invalid(path, "model", "must map parameter names to tensors")
+    if any(key in payload for key in TRAINING_STATE):  # a run's last.pt: resume needs all of it
+        for key, kind in TRAINING_STATE.items():
+            if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+                raise _invalid(path, key, "is missing" if key not in payload else
+                               f"is a {type(payload[key]).__name__}, not training state")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -56,28 +193,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"Checkpoint not found: {path}", "check the path")
+    fix_foreign = (f"`edge-yolov9 import {path} -o model.pt` reads YOLOv9 checkpoints of Ultralytics, the YOLOv9 "
+                   "repository and MIT YOLO into this format; then use model.pt")
+    check_container(path, fix_foreign)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{path} is not an edge-yolov9 checkpoint ({first_line})",
-                         f"if it comes from Ultralytics, the YOLOv9 repo or MIT YOLO, convert it first: "
-                         f"edge-yolov9 import {path} -o model.pt") from None
+    except Exception:  # torch's own text tells how to load the file unsafely: not advice to pass on
+        raise ModelError(f"{path} is not an edge-yolov9 checkpoint: it holds Python objects of another project, "
+                         "or is damaged", fix_foreign) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelError(f"{path} is not an edge-yolov9 checkpoint (no 'format: {FORMAT}' marker)",
-                         f"convert it first: edge-yolov9 import {path} -o model.pt")
-    if payload.get("version", 0) > VERSION:
-        raise ModelError(f"{path} was written by a newer edge-yolov9 (format version {payload['version']})",
-                         "upgrade edge-yolov9")
+        raise ModelError(f"{path} is not an edge-yolov9 checkpoint (no 'format: {FORMAT}' marker)", fix_foreign)
+    _check_structure(payload, path)
     return payload
 
 
 def load_checkpoint(path: str | os.PathLike, *, strict: bool = True) -> tuple[YOLO, list[str], dict[str, Any]]:
     """Model (eval mode), class names and metadata from an edge-yolov9 checkpoint."""
     payload = read_checkpoint(path)
+    cfg = ModelConfig.from_dict(payload["config"])
     try:
-        cfg = ModelConfig.from_dict(payload["config"])
-    except (TypeError, ValueError) as err:
-        raise ModelError(f"{path} holds an invalid model config: {err}", "re-create the checkpoint") from None
-    model = create_model(cfg, state_dict=payload["model"], strict=strict)
-    return model.eval(), list(payload["names"]), dict(payload.get("meta", {}))
+        model = create_model(cfg, state_dict=payload["model"], strict=strict)
+    except ValueError as err:  # weights that do not fit the config, or an unknown activation
+        raise ModelError(f"{path} does not hold a loadable edge-yolov9 detector: {err}", FIX_RECREATE) from None
+    return model.eval(), list(payload["names"]), dict(payload["meta"])

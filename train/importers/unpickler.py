@@ -15,7 +15,6 @@ import _compat_pickle
 import os
 import pickle
 import sys
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +22,8 @@ from typing import Any, Iterator
 import torch
 
 from edge_yolov9.errors import ModelError
+
+from ..checkpoint import check_container
 
 # Globals a foreign checkpoint may resolve to real objects: constructors of tensors and plain containers,
 # none of which runs code named by the file. Storage classes are resolved by torch.load itself.
@@ -139,17 +140,22 @@ def dict_attribute(module: Placeholder, name: str) -> dict:
 
 
 def iter_modules(root: Placeholder, prefix: str = "") -> Iterator[tuple[str, Placeholder]]:
-    """``(dotted path + ".", placeholder)`` for ``root`` and every pickled sub-module, depth first."""
-    stack: list[tuple[str, Placeholder, tuple[int, ...]]] = [(prefix, root, ())]
+    """``(dotted path + ".", placeholder)`` for ``root`` and every pickled sub-module, depth first.
+
+    Each module is visited once, under its first path (as ``nn.Module.named_modules`` does): a crafted
+    pickle whose modules share children would otherwise have 2**depth paths, and a cycle none that ends.
+    """
+    stack: list[tuple[str, Placeholder]] = [(prefix, root)]
+    seen: set[int] = set()
     while stack:
-        path, module, ancestors = stack.pop()
+        path, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         yield path, module
         for name, child in reversed(list(dict_attribute(module, "_modules").items())):
             if isinstance(child, Placeholder):
-                if id(child) in ancestors:  # only a crafted file can hold a module cycle
-                    raise ModelError(f"The pickled model contains a cycle at {path}{name}",
-                                     "the file is damaged or crafted; do not use it")
-                stack.append((f"{path}{name}.", child, ancestors + (id(module),)))
+                stack.append((f"{path}{name}.", child))
 
 
 def class_name(obj: Any) -> str:
@@ -157,50 +163,8 @@ def class_name(obj: Any) -> str:
     return obj.source if isinstance(obj, Placeholder) else type(obj).__name__
 
 
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
-    (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"), (b"TFL3", "a TFLite model"),
-    (b"\x08", "probably an ONNX model"),
-)
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTOCOL_OPCODE = b"\x80"
 FIX_NOT_CHECKPOINT = ("pass a PyTorch checkpoint (.pt/.pth/.ckpt written by torch.save) of Ultralytics YOLOv9, "
                       "the YOLOv9 repository or MIT YOLO")
-
-
-def _describe_bytes(head: bytes) -> str:
-    for magic, kind in _SIGNATURES:
-        if head.startswith(magic):
-            return kind
-    try:
-        head.decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError:
-        return f"unknown binary data (first bytes {head[:8]!r})"
-
-
-def _check_container(path: Path) -> None:
-    """Refuse, before torch.load sees them, files it would misread or hand to TorchScript."""
-    with path.open("rb") as f:
-        head = f.read(64)
-    if not head:
-        raise ModelError(f"{path} is empty", FIX_NOT_CHECKPOINT)
-    if head.startswith(_ZIP_MAGIC):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                records = archive.namelist()
-        except (zipfile.BadZipFile, OSError) as err:
-            raise ModelError(f"{path} is a truncated or damaged checkpoint (its zip directory is unreadable: {err})",
-                             "download or copy the file again; compare its size or sha256 with the original") from None
-        if any(name.endswith("constants.pkl") for name in records):
-            raise ModelError(f"{path} is a TorchScript archive (torch.jit.save), which runs code when loaded",
-                             "import the training checkpoint (torch.save of the model or its state_dict) instead")
-        if not any(name.endswith("data.pkl") for name in records):
-            raise ModelError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)",
-                             FIX_NOT_CHECKPOINT)
-    elif not head.startswith(_PICKLE_PROTOCOL_OPCODE):
-        raise ModelError(f"{path} is not a PyTorch checkpoint: it looks like {_describe_bytes(head)}",
-                         FIX_NOT_CHECKPOINT)
 
 
 def read_foreign_checkpoint(path: str | os.PathLike) -> Any:
@@ -208,7 +172,7 @@ def read_foreign_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"Checkpoint not found: {path}", "check the path")
-    _check_container(path)
+    check_container(path, FIX_NOT_CHECKPOINT)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__],
                           mmap=False)

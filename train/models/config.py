@@ -12,6 +12,13 @@ from typing import Any, Literal
 AuxBranch = Literal["none", "fpn", "reversible"]
 
 
+def _require_ints(config: Any, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if type(value) is not int or value < low:  # bool is an int subclass, never a size
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """Width rules of the detection head: class-branch width = max(P3 channels, min(factor * nc, cap)).
@@ -27,6 +34,11 @@ class HeadConfig:
     cls_width_factor: int = 1
     cls_width_cap: int = 100
     cls_depthwise: bool = False
+
+    def __post_init__(self) -> None:
+        _require_ints(self, ("reg_max", "box_groups", "cls_width_factor", "cls_width_cap"), low=1)
+        if not isinstance(self.cls_depthwise, bool):
+            raise ValueError(f"cls_depthwise must be true or false, got {self.cls_depthwise!r}.")
 
 
 @dataclass(frozen=True)
@@ -48,12 +60,17 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
+        # Checkpoints carry configs as plain data: a wrong type must fail here, not deep in the model build.
+        if not isinstance(self.name, str) or not isinstance(self.activation, str):
+            raise ValueError(f"name and activation must be strings, got {self.name!r} and {self.activation!r}.")
+        _require_ints(self, ("base_width", "num_classes"), low=1)
+        _require_ints(self, ("csp_depth",), low=0)
         if self.aux not in ("none", "fpn", "reversible"):
             raise ValueError(f"aux must be 'none', 'fpn' or 'reversible', got {self.aux!r}.")
         if isinstance(self.head, dict):  # coming back from a checkpoint
             object.__setattr__(self, "head", HeadConfig(**self.head))
+        if not isinstance(self.head, HeadConfig):
+            raise ValueError(f"head must be a mapping of head settings, got {self.head!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,11 +13,15 @@ from typing import Any, Callable
 
 import torch
 
+from edge_yolov9.errors import ModelError
+
 from .config import ModelConfig
 from .yolo import YOLO
 
 logger = logging.getLogger(__name__)
 
+# 10x yolov9-s with its auxiliary branch: a config read from a file that builds more is refused.
+MAX_PARAMS = 100_000_000
 _VARIANTS: dict[str, Callable[..., ModelConfig]] = {}
 
 
@@ -87,34 +91,59 @@ class LoadReport:
         return "; ".join(parts) if parts else "all keys matched"
 
 
+def weight_report(shapes: dict[str, torch.Size], state_dict: dict[str, torch.Tensor]) -> LoadReport:
+    """How ``state_dict`` fits a model whose state_dict has ``shapes``."""
+    report = LoadReport()
+    for key, tensor in state_dict.items():
+        if key not in shapes:
+            report.unexpected.append(key)
+        elif shapes[key] != tensor.shape:
+            report.shape_mismatch.append(f"{key} {tuple(tensor.shape)} -> {tuple(shapes[key])}")
+    report.missing = [key for key in shapes if key not in state_dict]
+    return report
+
+
 def load_weights(model: YOLO, state_dict: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
     """Copy matching tensors into ``model``; with ``strict`` any mismatch raises after the full report."""
-    own = model.state_dict()
-    report = LoadReport()
-    usable = {}
-    for key, tensor in state_dict.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != tensor.shape:
-            report.shape_mismatch.append(f"{key} {tuple(tensor.shape)} -> {tuple(own[key].shape)}")
-        else:
-            usable[key] = tensor
-    report.missing = [key for key in own if key not in state_dict]
+    report = weight_report({key: value.shape for key, value in model.state_dict().items()}, state_dict)
     if strict and not report.complete:
         raise ValueError(f"Weights do not fit {model.cfg.name}: {report.summary()}.")
-    model.load_state_dict(usable, strict=False)
+    # LoadReport writes a shape mismatch as "key (checkpoint shape) -> (model shape)".
+    rejected = set(report.unexpected) | {entry.split(" ", 1)[0] for entry in report.shape_mismatch}
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in rejected}, strict=False)
     if not report.complete:
         logger.warning("Partial weight load into %s: %s", model.cfg.name, report.summary())
     return report
 
 
+def model_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    """The state_dict shapes of ``cfg``'s model, from a build on the meta device (no memory): a config
+    read from a file is refused here when absurdly large, before the real model would allocate it."""
+    with torch.device("meta"):
+        skeleton = YOLO(cfg)
+    params = sum(p.numel() for p in skeleton.parameters())
+    if params > MAX_PARAMS:
+        raise ModelError(f"The model config {cfg.name} (base_width {cfg.base_width}, csp_depth {cfg.csp_depth}, "
+                         f"{cfg.num_classes} classes) makes a model of {params / 1e6:,.0f}M parameters, "
+                         f"over the {MAX_PARAMS // 1_000_000}M any GELAN-T/S-sized detector stays below",
+                         "check the checkpoint's config or the dataset's class count; the file may be damaged "
+                         "or crafted")
+    return {key: value.shape for key, value in skeleton.state_dict().items()}
+
+
 def create_model(name_or_cfg: str | ModelConfig, *, state_dict: dict[str, torch.Tensor] | None = None,
                  strict: bool = True, **overrides: Any) -> YOLO:
-    """Build a variant (by name or config) and optionally load weights into it."""
+    """Build a variant (by name or config) and optionally load weights into it. Size and, with
+    ``strict``, weight shapes are checked on a meta-device build first, so a bad config costs no memory."""
     cfg = name_or_cfg if isinstance(name_or_cfg, ModelConfig) else model_config(name_or_cfg, **overrides)
     if isinstance(name_or_cfg, ModelConfig) and overrides:
         cfg = cfg.replace(**overrides)
+    shapes = model_shapes(cfg)
+    if state_dict is not None and strict:
+        report = weight_report(shapes, state_dict)
+        if not report.complete:
+            raise ValueError(f"Weights do not fit {cfg.name}: {report.summary()}.")
     model = YOLO(cfg)
     if state_dict is not None:
-        load_weights(model, state_dict, strict=strict)
+        load_weights(model, state_dict, strict=False)
     return model
