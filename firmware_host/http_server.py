@@ -4,6 +4,12 @@ Routes are a fixed table: no request path ever reaches the file system. Every en
 ``/api/health`` needs the token when ``http.token`` is set, as ``Authorization: Bearer <token>`` or
 ``?token=<token>`` (an ``<img>`` cannot send headers). Request lines go to this module's logger at
 debug level with their query strings masked, so the token never reaches a log.
+
+Requests are read before they can be authorised, so reading them is bounded: a request line of
+``MAX_REQUEST_LINE`` bytes (longer: 414), header lines of ``MAX_HEADER_LINE`` bytes, ``MAX_HEADERS`` of
+them and ``MAX_HEAD_BYTES`` in all (more: 431), all sent within ``HEAD_TIMEOUT`` seconds (a client that
+drips its request, or an idle keep-alive connection, is cut off then), and at most
+``http.max_connections`` connections at once, MJPEG streams included (beyond: 503 at once).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import errno
 import hmac
 import html
+import io
 import json
 import logging
 import re
@@ -39,7 +46,17 @@ PART_HEADERS = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
 STREAM_POLL = 0.25       # seconds a stream waits for a frame before it checks whether the server closes
 CLOSE_TIMEOUT = 2.0      # seconds close() waits for open streams to end
 ACCEPT_POLL = 0.1        # seconds between the accept loop's checks for close() (a select() timeout: cheap)
-CLIENT_TIMEOUT = 30.0    # seconds a silent or stalled client may hold its connection
+CLIENT_TIMEOUT = 30.0    # seconds a write to a stalled client may block
+HEAD_TIMEOUT = 10.0      # seconds a client has to send a whole request head (request line and headers)
+MAX_REQUEST_LINE = 8192  # bytes of the request line ("GET /path?query HTTP/1.1")
+MAX_HEADER_LINE = 8192   # bytes of one header line
+MAX_HEADERS = 64         # header lines of one request
+MAX_HEAD_BYTES = 32768   # bytes of the request line and the headers together
+DRAIN_TIME = 1.0         # seconds a refused request's unread rest is read and dropped, so the client
+DRAIN_BYTES = 1 << 18    # ...gets the answer, not a connection reset (and at most this many bytes)
+BUSY_BODY = b'{"error": "too many connections: try again later"}'
+BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(BUSY_BODY)).encode() + b"\r\nRetry-After: 5\r\nConnection: close\r\n\r\n" + BUSY_BODY)
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUERY_STRING = re.compile(r"\?[^\s\"]*")
 PUBLIC_PATHS = frozenset({"/api/health"})
@@ -157,7 +174,45 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, app: HttpServer):
         self.address_family = family
         self.app = app
+        self._connections = 0
+        self._full = False   # refusing connections (logged once per spell)
+        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection, if fewer than ``http.max_connections`` are open; else 503 and close,
+        from the accepting thread without blocking it (the answer fits an empty socket buffer)."""
+        limit = self.app.config.max_connections
+        with self._connections_lock:
+            admitted = self._connections < limit
+            self._connections += admitted
+            if not admitted and not self._full:
+                logger.warning("HTTP has %d connections open, the most http.max_connections allows: new ones "
+                               "get 503 until some close", limit)
+            self._full = not admitted
+        if not admitted:
+            try:
+                request.setblocking(False)
+                request.send(BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connection_ended()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_ended()
+
+    def _connection_ended(self) -> None:
+        with self._connections_lock:
+            self._connections -= 1
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the host, which stalls on a Pi without network."""
@@ -173,6 +228,14 @@ class _Server(ThreadingHTTPServer):
             logger.exception("HTTP request from %s failed", client_address[0])
 
 
+class _Refusal(Exception):
+    """A request head the server will not read on: the status to answer and why."""
+
+    def __init__(self, status: HTTPStatus, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = f"edge-yolov9/{__version__}"
@@ -184,6 +247,94 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def app(self) -> HttpServer:
         return self.server.app
+
+    def handle_one_request(self) -> None:
+        """The standard library's, but the head is read by :meth:`_read_head`, within the module's limits."""
+        self.requestline, self.request_version, self.command = "", "", ""
+        try:
+            head = self._read_head()
+        except _Refusal as refusal:
+            self._refuse(refusal.status, refusal.reason)
+            return
+        if not head:
+            self.close_connection = True
+            return
+        self.raw_requestline = head[0]
+        rfile, self.rfile = self.rfile, io.BytesIO(b"".join(head[1:]))  # parse_request reads the headers here
+        try:
+            parsed = self.parse_request()
+        finally:
+            self.rfile = rfile
+        if not parsed:  # it has answered 400 (or 505)
+            return
+        method = getattr(self, f"do_{self.command}", None)
+        if method is None:
+            self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
+            return
+        method()
+        self.wfile.flush()
+
+    def _read_head(self) -> list[bytes]:
+        """The request line and the header lines up to the blank one, each with its line end; empty if the
+        client closed, or sent nothing within ``HEAD_TIMEOUT`` (an idle keep-alive connection). Every wait for
+        data is bounded by one deadline, so a client that sends a byte now and then cannot stretch it.
+        Raises :class:`_Refusal` for a head over the limits, or one begun but not complete in time."""
+        deadline = time.monotonic() + HEAD_TIMEOUT
+        head: list[bytes] = []
+        line, size = b"", 0
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout("request head deadline passed")
+                self.connection.settimeout(remaining)
+                buffered = self.rfile.peek(1)  # what is buffered, else what one recv brings
+                if not buffered:
+                    return []
+                limit = MAX_HEADER_LINE if head else MAX_REQUEST_LINE
+                end = buffered.find(b"\n", 0, limit + 1 - len(line))
+                line += self.rfile.read(end + 1 if end >= 0 else min(len(buffered), limit + 1 - len(line)))
+                if end < 0:
+                    if len(line) > limit:
+                        raise _Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if head else
+                                       HTTPStatus.REQUEST_URI_TOO_LONG,
+                                       f"{'a header line' if head else 'the request line'} is over {limit} bytes")
+                    continue
+                head.append(line)
+                size += len(line)
+                if line in (b"\r\n", b"\n"):
+                    return head
+                line = b""
+                if size > MAX_HEAD_BYTES:
+                    raise _Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                   f"the headers are over {MAX_HEAD_BYTES} bytes")
+                if len(head) > MAX_HEADERS + 1:  # the request line is no header
+                    raise _Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {MAX_HEADERS} headers")
+        except socket.timeout:
+            if head or line:
+                raise _Refusal(HTTPStatus.REQUEST_TIMEOUT,
+                               f"the request was not complete within {HEAD_TIMEOUT:g} s") from None
+            return []
+        finally:
+            self.connection.settimeout(self.timeout)
+
+    def _refuse(self, status: HTTPStatus, reason: str) -> None:
+        """Answer ``status`` and hang up. The unread rest of the request is read and dropped for a moment
+        first: closing a socket with unread data resets the connection, and the client would not see why."""
+        self.close_connection = True
+        self._send_json({"error": reason}, status, {"Connection": "close"})
+        self.wfile.flush()
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, drained = time.monotonic() + DRAIN_TIME, 0
+            while drained < DRAIN_BYTES and time.monotonic() < deadline:
+                self.connection.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
