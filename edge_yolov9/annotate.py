@@ -17,17 +17,21 @@ def colour(class_id: int) -> tuple[int, int, int]:
     return r, g, b
 
 
-def draw_detections(image: np.ndarray, detections: Sequence[Detection]) -> Image.Image:
-    """``image`` (RGB) with a box and 'label score' per detection."""
+def draw_detections(image: np.ndarray, detections: Sequence[Detection],
+                    full_size: tuple[int, int] | None = None) -> Image.Image:
+    """``image`` (RGB) with a box and 'label score' per detection; ``full_size``: the (width, height) the
+    boxes are in when ``image`` is a reduced decode (``Frame.full_size``)."""
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(max(canvas.size) / 320))
+    scale = canvas.size[0] / full_size[0] if full_size else 1.0
     for det in detections:
         c = colour(det.class_id)
-        draw.rectangle(list(det.box), outline=c, width=width)
+        xmin, ymin, xmax, ymax = (v * scale for v in det.box)
+        draw.rectangle([xmin, ymin, xmax, ymax], outline=c, width=width)
         text = f"{det.label} {det.score:.2f}"
-        left, top, right, bottom = draw.textbbox((det.box.xmin, det.box.ymin), text)
-        y = max(0, det.box.ymin - (bottom - top) - 2)
-        draw.rectangle([det.box.xmin, y, det.box.xmin + right - left + 4, y + bottom - top + 2], fill=c)
-        draw.text((det.box.xmin + 2, y), text, fill=(0, 0, 0))
+        left, top, right, bottom = draw.textbbox((xmin, ymin), text)
+        y = max(0, ymin - (bottom - top) - 2)
+        draw.rectangle([xmin, y, xmin + right - left + 4, y + bottom - top + 2], fill=c)
+        draw.text((xmin + 2, y), text, fill=(0, 0, 0))
     return canvas

@@ -27,7 +27,7 @@ from .errors import EdgeYoloError, ModelError
 from .interpreter import Backend, Device, RuntimeSetupError, find_backend, load_edgetpu_delegate, parse_device
 from .decode import level_shapes, split_levels
 from .postprocess import PostprocessConfig, postprocess
-from .preprocess import ImageInput, letterbox, to_rgb
+from .preprocess import ImageInput, letterbox, read_image, to_rgb
 from .sources import Frame, Source, image_frames, iter_frames
 from .tflite_file import TFLiteFile, read_tflite
 from .types import Box, Detection
@@ -78,25 +78,118 @@ class ModelInfo:
 
         try:
             layout = meta.get("layout", "raw")
-            return cls(tuple(meta["labels"]), spec(meta["input"]), tuple(spec(o) for o in meta["outputs"]),
-                       meta.get("variant", "cpu"), layout, tuple(meta["strides"]) if layout == "frigate" else ())
-        except (KeyError, TypeError) as err:
+            labels = meta["labels"]
+            if not (isinstance(labels, list) and labels and all(isinstance(name, str) and name for name in labels)):
+                raise ValueError(f"'labels' must be a list of names, got {labels!r:.80}")
+            if layout not in ("raw", "frigate"):
+                raise ValueError(f"unknown layout {layout!r}")
+            return cls(tuple(labels), spec(meta["input"]), tuple(spec(o) for o in meta["outputs"]),
+                       meta.get("variant", "cpu"), layout,
+                       tuple(int(s) for s in meta["strides"]) if layout == "frigate" else ())
+        except KeyError as err:
             raise ModelError(f"Model metadata is incomplete (missing {err})",
                              "re-convert the model with `edge-yolov9 convert`") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ModelError(f"Model metadata is malformed ({err})",
+                             "re-convert the model with `edge-yolov9 convert`") from None
+
+
+def metadata_origin(path: Path, tflite: TFLiteFile) -> Path | str | None:
+    """Where the model's metadata comes from: its sidecar json, else the copy embedded in the model."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return sidecar
+    return "the metadata embedded in the model" if METADATA_NAME in tflite.metadata else None
 
 
 def read_model_info(path: Path, tflite: TFLiteFile) -> ModelInfo | None:
     """Metadata from the sidecar json, else the copy embedded in the model; None when neither exists."""
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            return ModelInfo.from_metadata(json.loads(sidecar.read_text()))
-        except json.JSONDecodeError as err:
-            raise ModelError(f"{sidecar} is not valid JSON ({err})", "delete it to use the metadata embedded "
-                                                                      "in the model, or re-convert") from None
-    if METADATA_NAME in tflite.metadata:
-        return ModelInfo.from_metadata(json.loads(tflite.metadata[METADATA_NAME]))
-    return None
+    origin = metadata_origin(path, tflite)
+    if origin is None:
+        return None
+    try:
+        text = origin.read_text(encoding="utf-8") if isinstance(origin, Path) else tflite.metadata[METADATA_NAME]
+        meta = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{origin} is not valid JSON ({err})", _stale_fix(path, origin)) from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{origin} is not model metadata (a JSON object)", _stale_fix(path, origin))
+    try:
+        return ModelInfo.from_metadata(meta)
+    except ModelError as err:
+        raise ModelError(f"{origin}: {err.problem}", _stale_fix(path, origin)) from None
+
+
+def _stale_fix(path: Path, origin: Path | str) -> str:
+    if isinstance(origin, Path):
+        return (f"{origin.name} does not belong to {path.name} (a copy from another conversion?): copy the .json "
+                f"written with this model beside it, or delete {origin.name} to use the metadata embedded in the "
+                "model")
+    return "re-convert the model with `edge-yolov9 convert`"
+
+
+def check_model_info(info: ModelInfo, interpreter: Any, path: Path, origin: Path | str) -> None:
+    """Refuse metadata that does not describe the model the interpreter loaded (a .tflite copied over
+    without its .json, an edited file): every tensor, label count and stride it claims is compared."""
+    problems: list[str] = []
+
+    def compare(what: str, claimed: TensorSpec, actual: dict) -> None:
+        shape = tuple(int(v) for v in actual["shape"])
+        dtype = np.dtype(actual["dtype"]).name
+        scale, zero = actual["quantization"]
+        if claimed.shape != shape:
+            problems.append(f"{what} shape {list(claimed.shape)} in the metadata, {list(shape)} in the model")
+        if claimed.dtype != dtype:
+            problems.append(f"{what} type {claimed.dtype} in the metadata, {dtype} in the model")
+        elif dtype != "float32" and (claimed.scale is None or claimed.zero_point != zero
+                                     or abs(claimed.scale - scale) > 1e-6 * max(abs(scale), 1e-12)):
+            problems.append(f"{what} quantization {claimed.scale}/{claimed.zero_point} in the metadata, "
+                            f"{scale:g}/{zero} in the model")
+
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        problems.append(f"the model has {len(inputs)} inputs, not one image")
+    else:
+        compare("input", info.input, inputs[0])
+    by_name = {d["name"]: d for d in interpreter.get_output_details()}
+    if len(by_name) != len(info.outputs):
+        problems.append(f"{len(info.outputs)} outputs in the metadata, {len(by_name)} in the model")
+    for output in info.outputs:
+        if output.name not in by_name:
+            problems.append(f"output {output.name!r} of the metadata is not in the model")
+        else:
+            compare(f"output {output.name!r}", output, by_name[output.name])
+    if not problems:
+        problems += _layout_problems(info)
+    if problems:
+        raise ModelError(f"The metadata in {origin} does not match the model {path}: " + "; ".join(problems[:4]),
+                         _stale_fix(path, origin))
+
+
+def _layout_problems(info: ModelInfo) -> list[str]:
+    """What the metadata's outputs, strides and labels contradict of one another (shapes already match the model)."""
+    boxes = [o for o in info.outputs if o.kind == "box"]
+    classes = [o for o in info.outputs if o.kind == "cls"]
+    if not boxes or len(boxes) != len(classes) or len(boxes) + len(classes) != len(info.outputs) or (
+            info.layout == "raw" and sorted(o.stride for o in boxes) != sorted(o.stride for o in classes)):
+        return ["the outputs are not pairs of 'box' and 'cls' tensors, one of each per stride"]
+    if len(info.input.shape) != 4 or info.input.shape[3] != 3:
+        return [f"input shape {list(info.input.shape)} is not (1, H, W, 3)"]
+    height, width = info.size
+    problems = [f"output {o.name!r} has {o.shape[-1]} channels, not the {len(info.labels)} labels"
+                for o in classes if o.shape[-1] != len(info.labels)]
+    strides = info.strides
+    if any(not isinstance(s, int) or s <= 0 or height % s or width % s for s in strides):
+        return problems + [f"strides {list(strides)} do not divide the input size {height}x{width}"]
+    if info.layout == "frigate":
+        anchors = sum((height // s) * (width // s) for s in strides)
+        problems += [f"output {o.name!r} has {o.shape[1]} rows, the strides {list(strides)} make {anchors}"
+                     for o in info.outputs if len(o.shape) != 3 or o.shape[1] != anchors]
+    else:
+        problems += [f"output {o.name!r} is {o.shape[1]}x{o.shape[2]}, stride {o.stride} makes "
+                     f"{height // o.stride}x{width // o.stride}"
+                     for o in info.outputs if len(o.shape) != 4 or o.shape[1:3] != (height // o.stride, width // o.stride)]
+    return problems
 
 
 def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInfo:
@@ -199,6 +292,9 @@ class Detector:
     timing: Timing = field(init=False, default_factory=Timing)
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise EdgeYoloError(f"threads={self.threads}: the interpreter needs at least one thread",
+                                "pass threads >= 1, or None for all cores")
         requested = parse_device(self.device)
         path, tflite, delegate = self._choose_model_file(Path(self.model), requested)
         self.model_path = path
@@ -212,9 +308,19 @@ class Detector:
             raise ModelError(f"The interpreter cannot load {path}: {err}",
                              "re-convert the model with `edge-yolov9 convert`; if it was compiled for the Edge TPU, "
                              "match libedgetpu to the compiler (see `edge-yolov9 doctor`)") from None
-        self.info = read_model_info(path, tflite) or infer_model_info(self._interpreter, self.labels)
+        info = read_model_info(path, tflite)
+        if info is None:
+            info = infer_model_info(self._interpreter, self.labels)
+        else:
+            check_model_info(info, self._interpreter, path, metadata_origin(path, tflite))
+        self.info = info
         if self.labels is not None and len(self.labels) == len(self.info.labels):
             self.info = replace(self.info, labels=tuple(self.labels))
+        unknown = sorted(c for c in self.classes or () if not 0 <= c < len(self.info.labels))
+        if unknown:
+            raise EdgeYoloError(f"Class ids {unknown} do not exist: {path.name} has {len(self.info.labels)} classes "
+                                f"(0..{len(self.info.labels) - 1})", "pass class ids of this model (its labels "
+                                "are in `edge-yolov9 doctor --model`)")
         self._bind_tensors()
         self._post = PostprocessConfig(self.score_threshold, self.iou_threshold, self.max_detections, self.multi_label,
                                        classes=tuple(self.classes) if self.classes is not None else None)
@@ -296,8 +402,16 @@ class Detector:
         """Detections in ``image`` (a path, PIL image, or (H, W, 3) uint8 array; RGB unless ``bgr``),
         boxes in the image's own pixels, best first."""
         started = time.perf_counter()
-        rgb = to_rgb(image, bgr)
+        if isinstance(image, (str, os.PathLike)):
+            rgb, full_size = read_image(image, self.info.size)
+        else:
+            rgb, full_size = to_rgb(image, bgr), None
+        return self._detect_rgb(rgb, full_size, started)
+
+    def _detect_rgb(self, rgb: np.ndarray, full_size: tuple[int, int] | None, started: float) -> list[Detection]:
         canvas, placement = letterbox(rgb, self.info.size)
+        if full_size is not None:
+            placement = placement.for_full_size(*full_size)
         self._interpreter.set_tensor(self._input_index, self._to_input(canvas))
         preprocessed = time.perf_counter()
         self._interpreter.invoke()
@@ -321,9 +435,12 @@ class Detector:
         A frame that cannot be read (a corrupt file in a folder, an empty array) yields a FrameResult
         with its ``error`` and the batch goes on; a source that cannot be opened raises a SourceError.
         """
-        frames = iter_frames(source) if isinstance(source, (str, os.PathLike, int)) else image_frames(source, bgr)
+        needed = self.info.size
+        frames = (iter_frames(source, needed) if isinstance(source, (str, os.PathLike, int))
+                  else image_frames(source, bgr, needed))
         for frame in frames:
             if frame.error is not None:
                 yield FrameResult(frame, [])
             else:
-                yield FrameResult(frame, self.detect(frame.image), self.timing)
+                detections = self._detect_rgb(frame.image, frame.full_size, time.perf_counter())
+                yield FrameResult(frame, detections, self.timing)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import Detector, cpu_twin, cpu_twin_path, read_model_info
+from .detector import Detector, cpu_twin, cpu_twin_path, metadata_origin, read_model_info
 from .errors import EdgeYoloError
 from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, RuntimeSetupError, coral_pci_devices, coral_usb_devices,
                           find_backend, libedgetpu_path, numpy_abi_problem)
@@ -120,7 +120,8 @@ def model_checks(path: Path) -> list[Check]:
     except EdgeYoloError as err:
         checks.append(Check("model: metadata", False, err.problem, err.fix or ""))
     else:
-        where = "sidecar " + path.with_suffix(".json").name if path.with_suffix(".json").is_file() else "embedded"
+        origin = metadata_origin(path, tflite)
+        where = f"sidecar {origin.name}" if isinstance(origin, Path) else "embedded"
         detail = (f"{where}: {len(info.labels)} classes ({', '.join(info.labels[:5])}"
                   f"{', ...' if len(info.labels) > 5 else ''}), input {info.input.dtype} {info.size[0]}x{info.size[1]}"
                   if info else "neither a sidecar .json nor embedded metadata")

@@ -6,38 +6,84 @@ resized differently from how it was calibrated or validated.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
 PAD_VALUE = 114
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# A JPEG is decoded reduced (draft mode) only while it keeps this many times the pixels per side the network uses.
+DECODE_OVERSAMPLE = 4
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+ORIENTATION_TAG = 0x0112
 # What the runtime accepts as one image: a file path, a PIL image or an (H, W, 3) uint8 array.
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an RGB uint8 array (H, W, 3); grayscale, palette and RGBA are converted."""
+    """Read an image file as an RGB uint8 array (H, W, 3), upright as a viewer shows it (EXIF orientation
+    applied); grayscale, 16-bit, palette and RGBA are converted."""
+    return read_image(path)[0]
+
+
+def read_image(path: str | os.PathLike, needed: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image`, and the image's full (width, height). With ``needed`` (the network input's
+    (height, width)), a JPEG many times larger is decoded at 1/2, 1/4 or 1/8 scale in the decoder itself
+    (still DECODE_OVERSAMPLE times the pixels per side the letterbox keeps), so a 100-megapixel photo takes
+    megabytes, not gigabytes; boxes are mapped back to the full size with :meth:`Letterbox.for_full_size`."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the error above the limit stays
+            with Image.open(path) as img:
+                full_size = _upright_size(img)
+                if needed is not None and img.format == "JPEG":
+                    img.draft("RGB", _draft_size(img.size, needed))
+                img.load()
+                array = _rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise ImageError(f"Image not found: {path}", "check the path") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"Image {path} is too large to decode safely ({err})",
+                         "downscale it (e.g. to 8000 pixels on the longest side) or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"Cannot decode image {path}: {err}",
                          "the file is corrupt or not an image; re-export it or remove it") from None
-    array = np.asarray(rgb)
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f"Image {path} has zero size {array.shape[1]}x{array.shape[0]}", "remove the file")
-    return array
+    return array, full_size
+
+
+def _draft_size(size: tuple[int, int], needed: tuple[int, int]) -> tuple[int, int]:
+    """The smallest (width, height) to decode: DECODE_OVERSAMPLE times what the letterbox keeps of ``size``."""
+    width, height = size
+    keep = min(needed[0] / height, needed[1] / width) * DECODE_OVERSAMPLE
+    return max(1, math.ceil(width * keep)), max(1, math.ceil(height * keep))
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the file's full image once its EXIF orientation is applied."""
+    width, height = img.size
+    transposed = img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+    return (height, width) if transposed else (width, height)
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 pixels of any PIL mode; 16-bit grayscale keeps its top 8 bits (PIL's own convert
+    clips it, which turns an ordinary 16-bit PNG white)."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(img, dtype=np.int64)
+        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
 
 
 def as_rgb_array(image: np.ndarray) -> np.ndarray:
@@ -61,7 +107,7 @@ def to_rgb(image: ImageInput, bgr: bool = False) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return _rgb(image)
     if not isinstance(image, np.ndarray):
         raise ImageError(f"Cannot detect in a {type(image).__name__}", "pass a path, a PIL image or a numpy array")
     array = as_rgb_array(image)
@@ -84,6 +130,12 @@ class Letterbox:
         out[:, [0, 2]] = np.clip((out[:, [0, 2]] - self.pad_x) / self.scale, 0, self.image_width)
         out[:, [1, 3]] = np.clip((out[:, [1, 3]] - self.pad_y) / self.scale, 0, self.image_height)
         return out
+
+    def for_full_size(self, width: int, height: int) -> "Letterbox":
+        """This placement for the full-size image of which the letterboxed one was a reduced decode."""
+        if (width, height) == (self.image_width, self.image_height):
+            return self
+        return Letterbox(self.scale * self.image_width / width, self.pad_x, self.pad_y, width, height)
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         """Map (N, 4) xyxy boxes from the original image to network-input pixels."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
-from .cli import add_command, print_result
+from .cli import add_command, existing_file, float_arg, int_arg, print_result
+from .errors import OutputError, output_error, writing
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +24,52 @@ def _detector(args: argparse.Namespace):
 
     labels = None
     if getattr(args, "labels", None):
-        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+        labels = [line.strip() for line in args.labels.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     return Detector(args.model, device=args.device, threads=args.threads, labels=labels,
                     score_threshold=getattr(args, "conf", 0.25), iou_threshold=getattr(args, "iou", 0.45),
                     max_detections=getattr(args, "max_det", 100), classes=getattr(args, "classes", None))
+
+
+def _check_save_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--save {folder} is a file, not a folder", "pass a folder (it is created when missing)")
+    with writing(folder, "annotated images"):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _json_lines(path: Path) -> Iterator[Any]:
+    """``path`` opened for this run's JSON lines, and locked: a second ``detect`` writing the same file
+    would interleave and corrupt lines, so it is refused before it writes anything."""
+    if path.is_dir():
+        raise OutputError(f"--json {path} is a folder", "pass a file name, e.g. detections.jsonl")
+    with writing(path, "JSON lines"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(path, "a", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(sink.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"Another program is writing {path} (an `edge-yolov9 detect` still running?)",
+                              "wait for it to finish, or write to another --json file") from None
+        with writing(path, "JSON lines"):
+            sink.truncate(0)
+            yield sink
+            sink.flush()
+    finally:
+        with contextlib.suppress(OSError):  # a full disk already raised above; closing must not hide it
+            sink.close()
+
+
+def _save_annotated(image: Any, target: Path) -> None:
+    """Write one annotated JPEG; a write that fails (a full disk) leaves no truncated file behind."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target, quality=90)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise output_error(err, target, "an annotated image") from None
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -33,12 +79,12 @@ def _detect(args: argparse.Namespace) -> int:
     from .sources import describe
 
     kind, total = describe(args.source)  # a missing source fails before the model loads
-    detector = _detector(args)
     if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
-    sink = open(args.json, "w") if args.json else None
+        _check_save_folder(args.save)
+    detector = _detector(args)
     failures = frames = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(_json_lines(args.json)) if args.json else None
         for result in tqdm(detector.detect_many(args.source), total=total, unit="frame", disable=kind == "image"):
             frames += 1
             if result.error is not None:
@@ -46,16 +92,13 @@ def _detect(args: argparse.Namespace) -> int:
                 logger.error("%s", result.error)
             else:
                 if args.save:
-                    draw_detections(result.frame.image, result.detections).save(
-                        args.save / f"{result.frame.stem}.jpg", quality=90)
+                    _save_annotated(draw_detections(result.frame.image, result.detections, result.frame.full_size),
+                                    args.save / f"{result.frame.stem}.jpg")
                 if kind == "image" and not sink:
                     for det in result.detections:
                         print(f"{det.label:<16} {det.score:.3f}  " + " ".join(f"{v:.1f}" for v in det.box))
             if sink:
                 sink.write(json.dumps(result.to_dict()) + "\n")
-    finally:
-        if sink:
-            sink.close()
     if failures:
         logger.warning("%d of %d frames could not be read (listed above%s)", failures, frames,
                        f" and in {args.json}" if args.json else "")
@@ -111,11 +154,20 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks if c.required) else 1
 
 
+def _source(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty source; pass an image, a folder, a video file or a camera index "
+                                         "(use . for the current folder)")
+    return text
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a .tflite from `edge-yolov9 convert` (or its _edgetpu compilation)")
     parser.add_argument("--device", default="auto", help="auto, cpu, usb, usb:N, pci, pci:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the interpreter (default: all)")
-    parser.add_argument("--labels", help="a file with one class name per line, for models without metadata")
+    parser.add_argument("--threads", type=int_arg(1, 64), default=None,
+                        help="CPU threads of the interpreter (default: all)")
+    parser.add_argument("--labels", type=existing_file,
+                        help="a file with one class name per line, for models without metadata")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -123,14 +175,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "detect", _detect, help="detect objects in an image, a folder, a video or a camera",
         description="Run a converted model on SOURCE: an image, a folder of images, a video file or a camera "
                     "index (video and cameras need OpenCV: pip install 'edge-yolov9[video]'). Prints the "
-                    "detections of a single image; --save writes annotated images, --json writes JSON lines "
-                    "(one per frame). Unreadable frames are reported and skipped; the exit code is then 1.")
+                    "detections of a single image; --save writes annotated images (a folder's sub-folders "
+                    "mirrored), --json writes JSON lines (one per frame). Unreadable frames are reported and "
+                    "skipped; the exit code is then 1.")
     _model_arguments(detect)
-    detect.add_argument("source", help="image, folder, video file or camera index")
-    detect.add_argument("--conf", type=float, default=0.25, help="score threshold")
-    detect.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    detect.add_argument("--max-det", type=int, default=100, help="detections per image at most")
-    detect.add_argument("--classes", type=int, nargs="+", help="keep only these class ids")
+    detect.add_argument("source", type=_source, help="image, folder, video file or camera index")
+    detect.add_argument("--conf", type=float_arg(0, 1, low_open=True), default=0.25, help="score threshold")
+    detect.add_argument("--iou", type=float_arg(0, 1, low_open=True), default=0.45, help="NMS IoU threshold")
+    detect.add_argument("--max-det", type=int_arg(1), default=100, help="detections per image at most")
+    detect.add_argument("--classes", type=int_arg(0), nargs="+", help="keep only these class ids")
     detect.add_argument("--save", type=Path, metavar="DIR", help="write annotated images here")
     detect.add_argument("--json", type=Path, metavar="FILE", help="write JSON lines here")
 
@@ -140,11 +193,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "of each stage after warm-up. On an Edge TPU the first inference loads the model onto the "
                     "device, which the warm-up absorbs.")
     _model_arguments(bench)
-    bench.add_argument("--image", help="image to run on")
-    bench.add_argument("--runs", type=int, default=100)
-    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--image", type=existing_file, help="image to run on")
+    bench.add_argument("--runs", type=int_arg(1), default=100)
+    bench.add_argument("--warmup", type=int_arg(0), default=10)
     bench.add_argument("--json", action="store_true", help="print JSON")
-
     doctor = add_command(
         subparsers, "doctor", _doctor, help="check this machine for what the runtime and the Coral need",
         description="Check Python, NumPy, the TFLite interpreter packages (and the NumPy 2 clash of "

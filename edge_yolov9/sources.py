@@ -9,6 +9,7 @@ A source that cannot be opened at all raises a :class:`SourceError` that says ho
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Union
@@ -16,7 +17,7 @@ from typing import Iterable, Iterator, NamedTuple, Union
 import numpy as np
 
 from .errors import EdgeYoloError, ImageError, MissingDependencyError, SourceError
-from .preprocess import IMAGE_SUFFIXES, ImageInput, to_rgb
+from .preprocess import IMAGE_SUFFIXES, ImageInput, read_image, to_rgb
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 # A source as the CLI takes it: a path (image, folder, video file) or a camera index.
@@ -29,13 +30,17 @@ class Frame(NamedTuple):
     """One frame: ``image`` (RGB), or the ``error`` that prevented reading it.
 
     ``name`` is what reports call it (the image's path, or 'clip.mp4#12' / 'camera0#12' for the 13th
-    frame of a stream); ``stem`` is a file-name stem unique within the source, for derived files.
+    frame of a stream); ``stem`` names derived files, unique within the source: a relative path without
+    suffix ('sub/photo' for a folder's sub/photo.jpg).
+    ``full_size`` is the file's (width, height) when ``image`` is a reduced decode of it (see
+    :func:`~edge_yolov9.preprocess.read_image`); boxes are reported in the full size's pixels.
     """
 
     name: str
     stem: str
     image: np.ndarray | None
     error: EdgeYoloError | None = None
+    full_size: tuple[int, int] | None = None
 
 
 def opencv(purpose: str = "Reading video files and cameras"):
@@ -84,8 +89,11 @@ def folder_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _read(name: str, stem: str, image: ImageInput, bgr: bool = False) -> Frame:
+def _read(name: str, stem: str, image: ImageInput, bgr: bool = False, needed: tuple[int, int] | None = None) -> Frame:
     try:
+        if isinstance(image, (str, os.PathLike)):
+            rgb, full_size = read_image(image, needed)
+            return Frame(name, stem, rgb, full_size=full_size)
         return Frame(name, stem, to_rgb(image, bgr))
     except ImageError as err:
         return Frame(name, stem, None, err)
@@ -121,8 +129,9 @@ def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
         raise SourceError(f"No frame of video {target} could be decoded", REENCODE.format(path=target))
 
 
-def iter_frames(source: Source) -> Iterator[Frame]:
-    """Frames of ``source`` in order; an unreadable image becomes a Frame with an error, not an exception."""
+def iter_frames(source: Source, needed: tuple[int, int] | None = None) -> Iterator[Frame]:
+    """Frames of ``source`` in order; an unreadable image becomes a Frame with an error, not an exception.
+    ``needed``: the network input's (height, width), for reduced decoding of very large JPEGs."""
     kind = kind_of(source)
     if kind == "camera":
         index = _camera_index(source)
@@ -132,21 +141,36 @@ def iter_frames(source: Source) -> Iterator[Frame]:
         yield from _stream_frames(os.fspath(path), path.name, path.stem)
     elif kind == "image":
         path = Path(source)
-        yield _read(str(path), path.stem, path)
+        yield _read(str(path), path.stem, path, needed=needed)
     else:
         folder = Path(source)
         paths = folder_images(folder)
         if not paths:
             raise SourceError(f"No images in folder {folder}", f"add images ({' '.join(IMAGE_SUFFIXES)}) or pass "
                                                                "another folder")
+        used: set[str] = set()
         for path in paths:
-            yield _read(str(path), "_".join(path.relative_to(folder).with_suffix("").parts), path)
+            relative = path.relative_to(folder)
+            yield _read(str(path), _claim_stem(used, relative.with_suffix("").as_posix(), relative.suffix), path,
+                        needed=needed)
 
 
-def image_frames(images: Iterable[ImageInput], bgr: bool = False) -> Iterator[Frame]:
+def _claim_stem(used: set[str], base: str, suffix: str) -> str:
+    """``base`` as an output name not in ``used`` (then added to it): where two images would share it
+    ('z' for z.jpg and z.png), the suffix is kept ('z_png'), then a number."""
+    candidates = itertools.chain((base, f"{base}_{suffix.lstrip('.')}"), (f"{base}_{n}" for n in itertools.count(2)))
+    stem = next(candidate for candidate in candidates if candidate not in used)
+    used.add(stem)
+    return stem
+
+
+def image_frames(images: Iterable[ImageInput], bgr: bool = False,
+                 needed: tuple[int, int] | None = None) -> Iterator[Frame]:
     """Frames of in-memory images or image paths, in order; ``bgr`` marks arrays in OpenCV's order."""
+    used: set[str] = set()
     for index, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            yield _read(os.fspath(image), Path(image).stem, image)
+            path = Path(image)
+            yield _read(os.fspath(image), _claim_stem(used, path.stem, path.suffix), image, needed=needed)
         else:
             yield _read(f"image#{index}", f"image_{index:06d}", image, bgr)
