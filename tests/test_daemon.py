@@ -1,7 +1,8 @@
 """The daemon end to end on a real int8 model and real images: results, faults and recovery.
 
-Faults are real: a corrupt JPEG in the source folder, the detector process killed with SIGKILL or
-frozen with SIGSTOP, an MJPEG camera on HTTP that goes away and comes back.
+Faults are real: a corrupt JPEG and a PNG of more pixels than Pillow allows in the source folder, the
+detector process killed with SIGKILL or frozen with SIGSTOP, an MJPEG camera on HTTP that goes away and
+comes back, a camera whose password must not show in any log, a full disk (/dev/full) for JSON lines.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -24,10 +29,11 @@ from edge_yolov9.detector import Detector
 from firmware_host.config import DaemonConfig
 from firmware_host.daemon import Daemon
 from firmware_host.detector_process import DetectorUnavailable
-from support.mjpeg_server import MjpegCamera
+from support.mjpeg_server import MjpegCamera, free_port
 from support.waiting import wait_until
 
 SCORE = 0.2
+HUGE_SIDE = 14_000  # 196 Mpx: over twice Pillow's MAX_IMAGE_PIXELS (89.5 Mpx), a DecompressionBombError
 
 
 def coco_images(coco128: Path, count: int) -> list[Path]:
@@ -70,6 +76,29 @@ def running(config: DaemonConfig) -> Iterator[Daemon]:
 @pytest.fixture
 def model(out320) -> Path:
     return out320 / "out" / "model_int8.tflite"
+
+
+@pytest.fixture(scope="session")
+def huge_png(tmp_path_factory) -> Path:
+    """A real PNG of HUGE_SIDE x HUGE_SIDE black 1-bit pixels, written chunk by chunk: a few KB on disk and
+    in memory, never a 196 Mpx image."""
+    row = b"\0" * (1 + (HUGE_SIDE + 7) // 8)  # the filter byte, then the packed bits
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(HUGE_SIDE)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", HUGE_SIDE, HUGE_SIDE, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def serve(model: Path, source: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``edge-yolov9 serve --model --source`` as users run it, to its end."""
+    return subprocess.run([sys.executable, "-m", "edge_yolov9.cli", "serve", "--model", str(model), "--source", source,
+                           "--http-port", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
 def test_folder_source_gives_the_detectors_results_and_survives_a_corrupt_frame(model, coco128, tmp_path, caplog):
@@ -211,3 +240,74 @@ def test_a_missing_pi_camera_stack_is_reported_with_the_install_step(model):
     finally:
         daemon.stop()
         thread.join(timeout=30)
+
+
+def test_a_looping_folder_goes_on_past_an_image_over_the_pixel_limit(model, coco128, huge_png, tmp_path, caplog):
+    from PIL import Image
+
+    with pytest.raises(Image.DecompressionBombError, match=f"{HUGE_SIDE ** 2} pixels"):
+        Image.open(huge_png)  # the test image is what it claims: a PNG Pillow refuses to open
+    for path in coco_images(coco128, 2):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(huge_png, tmp_path / "zz_huge.png")
+    with caplog.at_level(logging.WARNING), running(make_config(model, str(tmp_path), source={"loop": True})) as daemon:
+        wait_until(lambda: daemon.stats.frame_errors >= 2 and daemon.stats.frames_detected >= 4, 120,
+                   "two passes through the folder")
+        assert not daemon.reader.finished.is_set()
+        stats = daemon.stats.to_dict()["source"]
+    assert stats["errors"] >= 2 and "zz_huge.png" in stats["last_error"]
+    assert "Skipped frame" in caplog.text and "zz_huge.png" in caplog.text
+
+
+def test_serve_exits_non_zero_when_its_source_ends_in_an_error(model, coco128, huge_png, tmp_path):
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    shutil.copy(huge_png, unreadable / "huge.png")
+    done = serve(model, str(unreadable), tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "None of the 1 images in folder" in done.stderr and "huge.png" in done.stderr and "fix:" in done.stderr
+    (tmp_path / "broken.mp4").write_bytes(b"\0" * 4096)
+    done = serve(model, str(tmp_path / "broken.mp4"), tmp_path)
+    assert done.returncode == 2 and "Cannot open" in done.stderr and "broken.mp4" in done.stderr
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    shutil.copy(coco_images(coco128, 1)[0], readable)
+    shutil.copy(huge_png, readable / "huge.png")
+    done = serve(model, str(readable), tmp_path)  # a folder read to its end, one image skipped: a normal end
+    assert done.returncode == 0, done.stderr
+
+
+def test_camera_passwords_stay_out_of_logs_and_stats(model, caplog, capfd):
+    """Passwords with '/' and '@' in the user info, and one in the query: a camera that refuses to connect
+    has its URI in error messages, logs and stats, each masked."""
+    port = free_port()  # nothing listens there
+    uri = f"rtsp://admin:pa/ss@w@rd@127.0.0.1:{port}/stream?channel=1&user=admin&password=Qu3ry-Secret"
+    caplog.set_level(logging.DEBUG)
+    daemon = Daemon(make_config(model, uri))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: daemon.stats.source_reconnects >= 2, 120, "two attempts to reopen the camera")
+        stats = json.dumps(daemon.stats.to_dict())
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    shown = f"rtsp://admin:***@127.0.0.1:{port}/stream?channel=1&user=admin&password=***"
+    assert json.loads(stats)["source"]["uri"] == shown and shown in caplog.text
+    captured = capfd.readouterr()
+    for text in (stats, caplog.text, captured.out, captured.err, repr(daemon.config)):
+        for secret in ("pa/ss", "w@rd", "Qu3ry-Secret"):
+            assert secret not in text
+
+
+def test_a_full_disk_for_json_lines_is_one_clear_error_and_detection_goes_on(model, coco128, tmp_path, caplog):
+    for path in coco_images(coco128, 3):
+        shutil.copy(path, tmp_path / path.name)
+    daemon = Daemon(make_config(model, str(tmp_path), jsonl={"path": "/dev/full", "per": "frame"}))
+    with caplog.at_level(logging.INFO):
+        daemon.run()  # a finite source: returns at its end
+    assert daemon.stats.frames_detected == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Cannot write JSON lines to /dev/full: the disk is full" in errors[0]
+    assert "fix: free some space" in errors[0] and "Traceback" not in caplog.text
