@@ -78,6 +78,9 @@ def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALI
         images = folder_images(source)
     elif source.is_file() and source.suffix in (".yaml", ".yml"):
         images = _train_split_images(source)
+    elif source.is_file():
+        raise DatasetError(f"Calibration source {source} is a file, not a folder of images or a data.yaml",
+                           "pass the folder that holds your calibration images, or your data.yaml (.yaml)")
     else:
         raise DatasetError(f"Calibration source not found: {source}",
                            "pass a folder of images or a YOLO data.yaml with --calib")

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from edge_yolov9.cli import add_command
+from edge_yolov9.cli import add_command, float_arg, int_arg
 from edge_yolov9.errors import MissingDependencyError
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
@@ -105,7 +105,7 @@ def _edgetpu(args: argparse.Namespace) -> int:
 
 def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compiler", type=Path, help="path of edgetpu_compiler; PATH is searched without it")
-    parser.add_argument("--min-runtime-version", type=int, metavar="N",
+    parser.add_argument("--min-runtime-version", type=int_arg(10), metavar="N",
                         help="edgetpu_compiler -m: lowest Edge TPU runtime version the model must run on")
     parser.add_argument("--allow-cpu-ops", action="store_true",
                         help="exit 0 even if the compiler leaves some ops on the CPU")
@@ -124,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--imgsz", type=int, default=320, help="square input size: 256..640 in steps of 32")
     convert.add_argument("--calib", type=Path, required=True,
                          help="calibration images: a folder (searched recursively) or a YOLO data.yaml (train split)")
-    convert.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+    convert.add_argument("--calib-images", type=int_arg(1), default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                          help="use at most N calibration images, spread evenly over the sorted list; images whose activations "
                               "run far above the others' in a quarter of the layers or more are left out (logged)")
     convert.add_argument("--uint8-io", action="store_true",
@@ -138,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="labelled images for the int8 accuracy report: a data.yaml (its val split, scored "
                               "against its val_json when declared) or a COCO json (images in <json dir>/../images); "
                               "default: the val split of --calib when that is a data.yaml")
-    convert.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
+    convert.add_argument("--max-drop", type=float_arg(0), default=1.0, metavar="AP",
                          help="exit 5 when the int8 model's mAP50-95 is more than AP points (0.01 mAP) below "
                               "the PyTorch model's on the val set")
     accuracy.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy report")

@@ -9,15 +9,17 @@ the int8 model loses more accuracy than allowed.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from edge_yolov9.errors import EdgeYoloError, ModelError
+from edge_yolov9.errors import EdgeYoloError, ModelError, output_error, writing
 from train.checkpoint import file_sha256
 from train.models import YOLO
 
@@ -37,6 +39,7 @@ FLOAT_MODEL, INT8_MODEL = "model_float.tflite", "model_int8.tflite"
 PRECHECK_STEM = "model_int8_edgetpu_precheck"
 COMPILE_REPORT_STEM = "model_int8_edgetpu_compile"
 ACCURACY_STEM = "model_int8_accuracy"
+STAGING_PREFIX, STAGING_LOCK = ".convert-", ".lock"
 # Every file a run may write; ones a run does not write again are removed from OUT so none goes stale.
 PRODUCTS = (FLOAT_MODEL, "model_float.json", INT8_MODEL, "model_int8.json", f"{PRECHECK_STEM}.json",
             f"{PRECHECK_STEM}.md", "model_int8_edgetpu.tflite", "model_int8_edgetpu.json", "model_int8_edgetpu.log",
@@ -94,33 +97,62 @@ def _load_detector(checkpoint: Path) -> tuple[YOLO, list[str], dict[str, Any]]:
 
 @dataclass
 class _Staging:
-    """A hidden folder inside OUT; ``publish`` moves its files into OUT, ``discard`` removes all traces."""
+    """A hidden folder inside OUT; ``publish`` moves its files into OUT, ``discard`` removes all traces.
+
+    The run holds a lock on the folder while it lives: a folder found unlocked at the next start was left
+    by a run that was killed, and is removed then (a run going on beside it keeps its own)."""
 
     out_dir: Path
     created_out_dir: bool
     path: Path
+    lock: IO[str]
 
     @classmethod
     def open(cls, out_dir: Path) -> "_Staging":
         created = not out_dir.exists()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return cls(out_dir, created, Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir)))
+        with writing(out_dir, "the converted models"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned_staging(out_dir)
+            path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+            lock = open(path / STAGING_LOCK, "w")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        return cls(out_dir, created, path, lock)
 
     def publish(self) -> dict[str, Path]:
-        written = {p.name for p in self.path.iterdir()}
+        written = {p.name for p in self.path.iterdir()} - {STAGING_LOCK}
         for stale in set(PRODUCTS) - written:
             (self.out_dir / stale).unlink(missing_ok=True)
         files = {}
         for name in sorted(written):
             os.replace(self.path / name, self.out_dir / name)
             files[name] = self.out_dir / name
+        self._release()
         self.path.rmdir()
         return files
 
     def discard(self) -> None:
+        self._release()
         shutil.rmtree(self.path, ignore_errors=True)
         if self.created_out_dir and not any(self.out_dir.iterdir()):
             self.out_dir.rmdir()
+
+    def _release(self) -> None:
+        (self.path / STAGING_LOCK).unlink(missing_ok=True)
+        self.lock.close()
+
+
+def _remove_abandoned_staging(out_dir: Path) -> None:
+    """Remove the staging folders in ``out_dir`` of runs that were killed (no process holds their lock)."""
+    for folder in out_dir.glob(f"{STAGING_PREFIX}*"):
+        try:
+            with open(folder / STAGING_LOCK, "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # another convert into the same folder is running
+        except OSError:
+            pass  # no lock to take (a folder from an older version): abandoned as well
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("Removed %s, left by an interrupted convert", folder)
 
 
 def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
@@ -149,8 +181,10 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
     try:
         result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set)
         result.files = staging.publish()
-    except BaseException:
+    except BaseException as err:
         staging.discard()
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise output_error(err, options.out_dir, "the converted models") from None
         raise
     if result.compile is not None:  # point at the published files, not the staging folder
         compiled = result.compile.compiled_model

@@ -8,13 +8,17 @@ toolchain notes (P2-P12) has a check here or in test_convert_tflite.py / test_ed
 
 from __future__ import annotations
 
+import fcntl
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
 
 from convert.edgetpu import precheck
 from convert.metadata import embedded_metadata
@@ -28,6 +32,8 @@ from train.models import create_model
 from train.models.deploy import deploy_model
 
 from support.conversions import CONFIDENT_IMAGES, OUTPUT_NAMES
+from support.small_disk import full_disk
+from support.waiting import wait_until
 
 INT8_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC", "MUL", "ADD", "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD",
             "QUANTIZE", "RESIZE_NEAREST_NEIGHBOR"}
@@ -349,3 +355,56 @@ def test_a_failed_conversion_leaves_no_partial_output(tmp_path, ball_checkpoint,
     cli_fails([*args, "-o", str(tmp_path / "old")], capsys)
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["model_int8.tflite"]
     assert (tmp_path / "old" / "model_int8.tflite").read_bytes() == b"an earlier good model"
+
+
+def test_calib_pointing_at_a_file_says_so(tmp_path, ball_checkpoint, coco128, capsys):
+    image = next((coco128 / "images" / "train2017").glob("*.jpg"))
+    err = cli_fails(["convert", "--model", str(ball_checkpoint), "--calib", str(image), "-o", str(tmp_path / "out")],
+                    capsys)
+    assert f"Calibration source {image} is a file, not a folder of images or a data.yaml" in err
+
+
+def test_an_image_too_large_to_decode_is_left_out_of_calibration(tmp_path, coco128, caplog):
+    from convert.calibration import calibration_set
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for path in sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    Image.new("1", (14000, 14000)).save(folder / "bomb.png")
+    inputs = list(calibration_set(folder, 256).inputs())
+    assert len(inputs) == 2 and inputs[0].shape == (1, 256, 256, 3)
+    assert "bomb.png is too large to decode safely" in caplog.text
+
+
+def test_a_killed_convert_leaves_nothing_after_the_next_run(tmp_path, fast_pipeline, ball_checkpoint, coco128):
+    out = tmp_path / "out"
+    killed = subprocess.Popen([sys.executable, "-m", "edge_yolov9.cli", "convert", "--model", str(ball_checkpoint),
+                               "--calib", str(coco128), "--calib-images", "1", "--no-accuracy", "-o", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: list(out.glob(".convert-*")), timeout=240, what="the convert's staging folder")
+    finally:
+        killed.kill()
+        killed.wait()
+    abandoned = list(out.glob(".convert-*"))
+    assert abandoned, "SIGKILL leaves the staging folder behind (no handler runs)"
+    running = out / ".convert-of-a-run-going-on"
+    running.mkdir()
+    with open(running / ".lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # as a convert running beside this one holds it
+        assert main(["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "--calib-images", "1",
+                     "--no-accuracy", "-o", str(out)]) == 0
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert hidden == [running.name]  # the killed run's folder is gone, the live one kept
+    assert (out / "model_int8.tflite").is_file()
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_model(tmp_path, fast_pipeline, ball_checkpoint, coco128, capsys):
+    with full_disk(tmp_path / "disk", size_kib=1024) as disk:
+        (disk / "filler").unlink()
+        (disk / "filler").write_bytes(b"\0" * 512 * 1024)  # room for the float model's first half only
+        err = cli_fails(["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "--calib-images", "1",
+                         "--no-accuracy", "-o", str(disk / "out")], capsys)
+        assert "Cannot write the converted models" in err and "the disk is full" in err
+        assert not (disk / "out").exists()
