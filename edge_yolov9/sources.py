@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Union
@@ -18,6 +19,8 @@ import numpy as np
 
 from .errors import EdgeYoloError, ImageError, MissingDependencyError, SourceError
 from .preprocess import IMAGE_SUFFIXES, ImageInput, read_image, to_rgb
+
+logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 # A source as the CLI takes it: a path (image, folder, video file) or a camera index.
@@ -99,16 +102,24 @@ def _read(name: str, stem: str, image: ImageInput, bgr: bool = False, needed: tu
         return Frame(name, stem, None, err)
 
 
-def capture_frames(capture) -> Iterator[np.ndarray]:
-    """RGB frames of an opened ``cv2.VideoCapture`` until a read fails; the capture is released at the end."""
+def capture_frames(capture, name: str = "the video") -> Iterator[np.ndarray]:
+    """RGB frames of an opened ``cv2.VideoCapture`` until a read fails; the capture is released at the end.
+    A file that ends before the frame count its container declares is reported (a truncated download or
+    copy otherwise passes for a short clip)."""
+    declared = int(capture.get(opencv().CAP_PROP_FRAME_COUNT))  # 0 or -1 for cameras and streams
+    decoded = 0
     try:
         while True:
             ok, bgr = capture.read()
             if not ok:
-                return
+                break
+            decoded += 1
             yield np.ascontiguousarray(bgr[:, :, ::-1])
     finally:
         capture.release()
+    if 0 < decoded < declared:
+        logger.warning("%s ended after %d of the %d frames it declares: the file is truncated or corrupt from "
+                       "frame %d on; copy it again, or re-encode what is left", name, decoded, declared, decoded)
 
 
 def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
@@ -122,7 +133,7 @@ def _stream_frames(target: str | int, name: str, stem: str) -> Iterator[Frame]:
                               "existing index; check that no other program holds the camera")
         raise SourceError(f"Cannot open video {target}", REENCODE.format(path=target))
     index = -1
-    with contextlib.closing(capture_frames(capture)) as frames:  # released when the caller stops early too
+    with contextlib.closing(capture_frames(capture, name)) as frames:  # released when the caller stops early too
         for index, rgb in enumerate(frames):
             yield Frame(f"{name}#{index}", f"{stem}_{index:06d}", rgb)
     if index < 0 and not isinstance(target, int):

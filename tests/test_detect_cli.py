@@ -227,3 +227,9 @@ def test_a_huge_jpeg_is_detected_in_full_size_pixels(model, ball_image, tmp_path
     assert len(large) == len(small) >= 1
     expected = [v * 12 for v in small[0].box]
     assert large[0].box.iou(type(small[0].box)(*expected)) > 0.85
+
+
+def test_the_daemon_refuses_a_stale_sidecar_at_start_instead_of_crash_looping(stale_copy, coco128):
+    result = run_cli("serve", "--model", stale_copy, "--source", coco128 / "images" / "train2017", "--http-port", "0")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "does not match the model" in result.stderr and "model_int8.json" in result.stderr

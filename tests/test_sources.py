@@ -5,6 +5,7 @@ sources (a video, a camera, OpenCV itself) give errors that say the fix."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -124,6 +125,20 @@ def test_video_file_gives_one_record_and_one_image_per_frame(out320, video, vide
             for box, score, label in (d for d in one if d[1] >= CONFIDENT):
                 assert any(o[2] == label and o[0].iou(box) > 0.8 and abs(o[1] - score) < 0.1 for o in other), record
     assert [any(d["score"] >= CONFIDENT for d in r["detections"]) for r in records] == [True, True, False, True]
+
+
+def test_a_truncated_video_is_reported(video, tmp_path, caplog):
+    data = video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: int(len(data) * 0.7)])  # a copy that stopped early
+    with caplog.at_level(logging.WARNING):
+        decoded = sum(1 for frame in iter_frames(cut) if frame.error is None)
+    assert 0 < decoded < 4
+    assert f"cut.avi ended after {decoded} of the 4 frames it declares" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert sum(1 for _ in iter_frames(video)) == 4
+    assert "ended after" not in caplog.text
 
 
 def test_missing_video_file_is_a_clear_error(out320, tmp_path, capsys):
