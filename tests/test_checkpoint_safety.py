@@ -184,5 +184,5 @@ def test_foreign_checkpoint_points_to_import_without_pytorch_advice(ultralytics_
 def test_text_file_as_checkpoint_says_what_it_is(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("epochs: 10\n")
-    with pytest.raises(ModelError, match="looks like a text file"):
+    with pytest.raises(ModelError, match="is not an edge-yolov9 checkpoint: it looks like a text file"):
         read_checkpoint(path)

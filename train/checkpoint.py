@@ -79,9 +79,9 @@ def _check_archive_size(infos: list[zipfile.ZipInfo], path: Path) -> None:
                              "the file is damaged or crafted; do not use it")
 
 
-def check_container(path: Path, fix: str) -> None:
+def check_container(path: Path, kind: str, fix: str) -> None:
     """Refuse, before torch.load sees them, files it would misread, hand to TorchScript, or decompress
-    without bound; ``fix`` says what to pass instead of a file that is no PyTorch checkpoint."""
+    without bound; ``kind`` names what the file should be, ``fix`` what to pass instead."""
     with path.open("rb") as f:
         head = f.read(64)
     if not head:
@@ -98,17 +98,20 @@ def check_container(path: Path, fix: str) -> None:
             raise ModelError(f"{path} is a TorchScript archive (torch.jit.save), which runs code when loaded",
                              "import the training checkpoint (torch.save of the model or its state_dict) instead")
         if not any(name.endswith("data.pkl") for name in records):
-            raise ModelError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)", fix)
+            raise ModelError(f"{path} is a zip archive but not {kind} (no data.pkl inside)", fix)
         _check_archive_size(infos, path)
     elif not head.startswith(_PICKLE_PROTOCOL_OPCODE):
-        raise ModelError(f"{path} is not a PyTorch checkpoint: it looks like {_describe_bytes(head)}", fix)
+        raise ModelError(f"{path} is not {kind}: it looks like {_describe_bytes(head)}", fix)
 
 
 def check_output_path(path: str | os.PathLike, what: str) -> Path:
-    """Refuse an output path that is a folder before anything is computed or written."""
+    """Refuse an output path that is a folder, or lies under a file, before anything is computed or written."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"Cannot write {what} to {path}: it is a folder", f"pass a file name, e.g. {path / 'model.pt'}")
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(f"Cannot write {what} to {path}: {existing} is a file, not a folder", "pick another path")
     return path
 
 
@@ -195,7 +198,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"Checkpoint not found: {path}", "check the path")
     fix_foreign = (f"`edge-yolov9 import {path} -o model.pt` reads YOLOv9 checkpoints of Ultralytics, the YOLOv9 "
                    "repository and MIT YOLO into this format; then use model.pt")
-    check_container(path, fix_foreign)
+    check_container(path, "an edge-yolov9 checkpoint", fix_foreign)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch's own text tells how to load the file unsafely: not advice to pass on

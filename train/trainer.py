@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError
+from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError, writing
 from edge_yolov9.preprocess import load_image
 
 from .augment import Annotated, AugmentConfig, augment, resize_long_side
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .data import DataConfig, Sample, list_split, load_data_config
 from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
 from .loss import DetectionLoss, LossConfig
@@ -78,6 +78,7 @@ class TrainConfig:
     time_budget: float | None = None  # minutes; the epoch count is re-fitted to it after each epoch
     project: str = "runs/train"
     name: str = "exp"
+    exist_ok: bool = False  # write into project/name even when it exists (else name2, name3, ...)
     augment: dict[str, float] = field(default_factory=lambda: asdict(AugmentConfig()))
     loss: dict[str, float] = field(default_factory=lambda: asdict(LossConfig()))
 
@@ -106,6 +107,22 @@ def default_workers(requested: int) -> int:
 
 def resolve_data(data: str) -> Path:
     return builtin_dataset() if data == BUILTIN_DATA else Path(data)
+
+
+def claim_run_name(project: Path, name: str) -> str:
+    """``name``, or the first free ``name2``, ``name3``... (as Ultralytics numbers runs), created at once, so
+    a new run never overwrites an earlier run's checkpoints and results, nor shares a folder with a
+    concurrent one."""
+    number = 1
+    with writing(project, "the run folder"):
+        project.mkdir(parents=True, exist_ok=True)
+        while True:
+            candidate = name if number == 1 else f"{name}{number}"
+            try:
+                (project / candidate).mkdir()
+                return candidate
+            except FileExistsError:
+                number += 1
 
 
 # --------------------------------------------------------------------------- data
@@ -297,6 +314,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_tau)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
+        self.resuming = resume_from is not None
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -339,9 +357,11 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "ema_updates": self.ema.updates, "epoch": epoch, "best_fitness": self.best_fitness,
                  "history": [asdict(h) for h in self.history], "train_config": asdict(self.cfg)}
-        save_checkpoint(self.run_dir / "last.pt", self.ema.ema, list(self.data.names), meta=meta, **state)
+        # best.pt first: last.pt's best_fitness, which a resumed run compares against, then never names a
+        # best.pt that a kill between the two saves kept from being written.
         if best:
             save_checkpoint(self.run_dir / "best.pt", self.ema.ema, list(self.data.names), meta=meta)
+        save_checkpoint(self.run_dir / "last.pt", self.ema.ema, list(self.data.names), meta=meta, **state)
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         self.dataset.epoch = epoch
@@ -390,9 +410,26 @@ class Trainer:
         predictor = TorchPredictor(self.ema.ema, self.cfg.imgsz)
         return evaluate(self.val_set, predictor, batch_size=self.cfg.batch).metrics
 
+    def _prepare_run_dir(self) -> None:
+        """A new run gets a new folder (unless ``exist_ok``); a reused one loses the temp files of saves
+        that a kill interrupted, which nothing else would ever remove."""
+        if not (self.resuming or self.cfg.exist_ok):
+            wanted = self.cfg.name
+            self.cfg.name = claim_run_name(Path(self.cfg.project), wanted)
+            if self.cfg.name != wanted:
+                logger.info("%s exists: this run writes to %s (--exist-ok reuses the folder)",
+                            Path(self.cfg.project) / wanted, self.cfg.name)
+        self.run_dir = self.cfg.run_dir()
+        with writing(self.run_dir, "the run folder"):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temp_files(self.run_dir, "last.pt", "best.pt")
+        if stale:
+            logger.warning("Removed %d temp file(s) of interrupted checkpoint saves: %s", len(stale),
+                           ", ".join(p.name for p in stale))
+
     def fit(self) -> Path:
         """Train the remaining epochs; returns the best checkpoint's path."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_run_dir()
         logger.info("Training %s on %s (%d images, %d classes) at %d px on %s, %d epochs, batch %d x %d, %s lr %g",
                     self.cfg.model, self.data.yaml_path, len(self.dataset), self.data.num_classes, self.cfg.imgsz,
                     self.device, self.cfg.epochs, self.cfg.batch, self.accumulate, self.cfg.optimizer, self.cfg.lr0)
@@ -408,7 +445,7 @@ class Trainer:
             if self.cfg.time_budget is not None:
                 self._fit_epochs_to_budget(epoch + 1)
             self._save(epoch, improved)
-            self._write_results()
+            write_results(self.history, self.run_dir)
             logger.info("epoch %d: mAP50-95 %.4f mAP50 %.4f, %.1f img/s", epoch + 1, metrics.map50_95,
                         metrics.map50, throughput)
             epoch += 1
@@ -425,14 +462,21 @@ class Trainer:
                         fitted)
             self.cfg.epochs = fitted
 
-    def _write_results(self) -> None:
-        path = self.run_dir / "results.csv"
-        with open(path.with_suffix(".tmp"), "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochResult)])
-            writer.writeheader()
-            writer.writerows(asdict(h) for h in self.history)
-        os.replace(path.with_suffix(".tmp"), path)
-        plot_results(self.history, self.run_dir)
+
+def write_results(history: list[EpochResult], run_dir: Path) -> None:
+    """results.csv (written atomically; its temp file removed when the write fails) and the plots."""
+    path = run_dir / "results.csv"
+    tmp = path.with_suffix(".tmp")
+    with writing(run_dir, "the training results"):
+        try:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochResult)])
+                writer.writeheader()
+                writer.writerows(asdict(h) for h in history)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        plot_results(history, run_dir)
 
 
 def plot_results(history: list[EpochResult], run_dir: Path) -> None:

@@ -24,7 +24,7 @@ def parse_names(spec: str) -> list[str]:
             from ..data import load_data_config
 
             return list(load_data_config(path).names)
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     else:
         names = [name.strip() for name in spec.split(",")]
     if not names or not all(names):
@@ -35,10 +35,12 @@ def parse_names(spec: str) -> list[str]:
 
 def _import(args: argparse.Namespace) -> int:
     require_torch("Importing a checkpoint")
+    from ..checkpoint import check_output_path
     from .core import import_checkpoint, save_imported
 
     if Path(args.output).resolve() == Path(args.checkpoint).resolve():
         raise ModelError(f"-o {args.output} is the checkpoint being imported", "write the import to another file")
+    check_output_path(args.output, "the imported checkpoint")  # before the import's work, not after
     names = parse_names(args.names) if args.names else None
     result = import_checkpoint(args.checkpoint, checkpoint_format=args.format, names=names, partial=args.partial)
     output = save_imported(result, args.output)

@@ -172,7 +172,7 @@ def read_foreign_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"Checkpoint not found: {path}", "check the path")
-    check_container(path, FIX_NOT_CHECKPOINT)
+    check_container(path, "a PyTorch checkpoint", FIX_NOT_CHECKPOINT)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__],
                           mmap=False)
