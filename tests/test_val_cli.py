@@ -116,4 +116,4 @@ def test_model_and_data_must_have_the_same_classes(tmp_path, coco128, capsys):
 def test_input_size_must_be_a_multiple_of_32(checkpoint, coco128, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["val", "--model", str(checkpoint), "--data", str(coco128), "--imgsz", "100"])
-    assert exit_.value.code == 2 and "not a multiple of 32" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "a multiple of 32" in capsys.readouterr().err

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from edge_yolov9.cli import add_command, print_result
+from edge_yolov9.cli import add_command, float_arg, input_size_arg, int_arg, print_result
 from edge_yolov9.errors import MissingDependencyError
+
+MODEL_NAMES = ("gelan-s", "gelan-t", "yolov9-s", "yolov9-t")  # train.models.list_models(), without importing torch
+# Input sizes of train, val and models: below 64 px the P5 map is 2x2; above 1280 nothing fits a small detector.
+IMGSZ = input_size_arg(64, 1280)
+MAX_CLASSES = 10_000
+MAX_BATCH = 1024
 
 
 def require_torch(purpose: str) -> None:
@@ -60,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(auxiliary branch dropped, BatchNorm folded, RepConv fused), as published figures are; "
                     "'train params' counts the auxiliary branch too.")
     models.add_argument("--filter", default="*", help="shell-style pattern on model names")
-    models.add_argument("--imgsz", type=int, default=640, help="square input size for GFLOPs")
-    models.add_argument("--num-classes", type=int, default=80, help="number of classes of the head")
+    models.add_argument("--imgsz", type=IMGSZ, default=640, help="square input size for GFLOPs")
+    models.add_argument("--num-classes", type=int_arg(1, MAX_CLASSES), default=80, help="number of classes of the head")
     models.add_argument("--json", action="store_true", help="print JSON")
 
     train = add_command(
@@ -69,30 +75,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train on a YOLO-format dataset (data.yaml) or the built-in synthetic 'shapes' data. "
                     "yolov9-t/-s train with the PGI auxiliary branch (dropped at export); gelan-t/-s without. "
                     "Writes runs/train/NAME/{last.pt,best.pt,results.csv,loss.png,map.png}.")
-    train.add_argument("--model", default="yolov9-t", help="model variant (see `edge-yolov9 models`)")
+    train.add_argument("--model", default="yolov9-t", choices=MODEL_NAMES, help="model variant (see `edge-yolov9 models`)")
     train.add_argument("--data", default="shapes", help="data.yaml, dataset folder, or 'shapes' (built-in)")
     train.add_argument("--weights", help="start from this edge-yolov9 checkpoint (class layers re-initialised "
                                          "when the class count differs); import foreign ones first")
-    train.add_argument("--imgsz", type=int, default=320, help="training and validation input size")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--time-budget", type=float, metavar="MINUTES",
+    train.add_argument("--imgsz", type=IMGSZ, default=320, help="training and validation input size")
+    train.add_argument("--epochs", type=int_arg(1, 100_000), default=30)
+    train.add_argument("--time-budget", type=float_arg(0, low_open=True), metavar="MINUTES",
                        help="fit the number of epochs (and the LR schedule) to this many minutes of training")
-    train.add_argument("--batch", type=int, default=16)
-    train.add_argument("--nominal-batch", type=int, default=64,
+    train.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=16)
+    train.add_argument("--nominal-batch", type=int_arg(1, MAX_BATCH), default=64,
                        help="gradients are accumulated up to this many images per optimizer step; set it to "
                             "--batch for short runs on small data, where every step counts")
-    train.add_argument("--workers", type=int, default=-1, help="data-loading processes (-1: cores - 1)")
+    train.add_argument("--workers", type=int_arg(-1, 256), default=-1, help="data-loading processes (-1: cores - 1)")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     train.add_argument("--activation", default="silu", choices=["silu", "relu6"])
     train.add_argument("--optimizer", default="auto", choices=["auto", "sgd", "adamw"],
                        help="auto: SGD (the YOLOv9 recipe) for runs of 10k+ optimizer steps, AdamW for shorter ones")
-    train.add_argument("--lr0", type=float, help="initial learning rate (default 0.01 for SGD, 0.002 for AdamW)")
-    train.add_argument("--warmup-epochs", type=float, default=3.0, help="epochs of learning-rate warm-up")
+    train.add_argument("--lr0", type=float_arg(0, 1, low_open=True), help="initial learning rate (default 0.01 for SGD, 0.002 for AdamW)")
+    train.add_argument("--warmup-epochs", type=float_arg(0), default=3.0, help="epochs of learning-rate warm-up")
     train.add_argument("--cos-lr", action="store_true", help="cosine instead of linear LR decay")
-    train.add_argument("--close-mosaic", type=int, default=15, help="train the last N epochs without mosaic")
+    train.add_argument("--close-mosaic", type=int_arg(0), default=15, help="train the last N epochs without mosaic")
     train.add_argument("--freeze-backbone", action="store_true", help="keep the backbone (layers 0-8) fixed")
     train.add_argument("--no-cache", dest="cache", action="store_false", help="read images from disk each time")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0)
     train.add_argument("--project", default="runs/train", help="parent folder of runs")
-    train.add_argument("--name", default="exp", help="run folder name")
+    train.add_argument("--name", default="exp", help="run folder name; taken: NAME2, NAME3, ... (see --exist-ok)")
+    train.add_argument("--exist-ok", action="store_true",
+                       help="write into --project/--name even if it exists (its earlier checkpoints are replaced)")
     train.add_argument("--resume", metavar="LAST_PT", help="continue a stopped run (its last.pt or folder)")

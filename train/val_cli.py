@@ -10,10 +10,10 @@ import json
 import logging
 from pathlib import Path
 
-from edge_yolov9.cli import add_command, print_result
-from edge_yolov9.errors import MissingDependencyError, ModelError
+from edge_yolov9.cli import add_command, int_arg, print_result
+from edge_yolov9.errors import MissingDependencyError, ModelError, writing
 
-from .cli import require_torch
+from .cli import IMGSZ, MAX_BATCH, require_torch
 
 logger = logging.getLogger(__name__)
 
@@ -25,20 +25,6 @@ def _render(metrics: dict) -> str:
     lines += [f"{name:<20} {ap:>8.4f} {metrics['per_class_ap50'][name]:>8.4f}"
               for name, ap in metrics["per_class"].items()]
     return "\n".join(lines)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _input_size(text: str) -> int:
-    value = _positive_int(text)
-    if value % 32:
-        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 32 (the largest stride); use e.g. 320 or 640")
-    return value
 
 
 def _val(args: argparse.Namespace) -> int:
@@ -62,8 +48,9 @@ def _val(args: argparse.Namespace) -> int:
     result = evaluate(eval_set, TorchPredictor(deploy_model(model), args.imgsz), batch_size=args.batch,
                       progress=True)
     if args.save_json:
-        args.save_json.parent.mkdir(parents=True, exist_ok=True)
-        args.save_json.write_text(json.dumps(result.results))
+        with writing(args.save_json, "the detections"):
+            args.save_json.parent.mkdir(parents=True, exist_ok=True)
+            args.save_json.write_text(json.dumps(result.results))
         logger.info("Wrote %d detections to %s", len(result.results), args.save_json)
     print_result(result.metrics.to_dict(), args.json, _render)
     return 0
@@ -80,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--data", required=True, type=Path, help="data.yaml, a dataset folder, or a COCO json")
     val.add_argument("--split", default="val", help="split of data.yaml to score")
     val.add_argument("--images", type=Path, help="image folder of a COCO json (default: <json dir>/../images)")
-    val.add_argument("--imgsz", type=_input_size, default=640, help="square input size (multiple of 32)")
-    val.add_argument("--batch", type=_positive_int, default=8, help="images per forward pass")
+    val.add_argument("--imgsz", type=IMGSZ, default=640, help="square input size (multiple of 32)")
+    val.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=8, help="images per forward pass")
     val.add_argument("--json", action="store_true", help="print the metrics as JSON")
     val.add_argument("--save-json", type=Path, metavar="FILE", help="write the detections as a COCO results json (image ids: the json's, or 1..N in "
                           "sorted image order for YOLO labels)")

@@ -1,0 +1,56 @@
+"""Numeric options and model names of train, val and models are checked when the command line is parsed,
+before any data or model is loaded, each with its allowed range."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_yolov9.cli import main
+from train.cli import MODEL_NAMES
+from train.models import list_models
+
+# Valid everywhere else: a parse-time refusal is the only way these commands can exit before reading --data.
+TRAIN = ["train", "--data", "missing.yaml"]
+VAL = ["val", "--model", "missing.pt", "--data", "missing.yaml"]
+
+
+@pytest.mark.parametrize("argv, option, value, allowed", [
+    (TRAIN, "--imgsz", "0", "from 64 to 1280, a multiple of 32"),
+    (TRAIN, "--imgsz", "-1", "from 64 to 1280"),
+    (TRAIN, "--imgsz", "31", "a multiple of 32"),
+    (TRAIN, "--imgsz", "10016", "from 64 to 1280"),
+    (TRAIN, "--imgsz", "big", "an integer"),
+    (TRAIN, "--epochs", "0", "an integer from 1"),
+    (TRAIN, "--epochs", "-1", "an integer from 1"),
+    (TRAIN, "--time-budget", "0", "a number above 0"),
+    (TRAIN, "--time-budget", "nan", "a number above 0"),
+    (TRAIN, "--lr0", "-1", "above 0"),
+    (TRAIN, "--lr0", "0", "above 0"),
+    (TRAIN, "--batch", "0", "an integer from 1 to 1024"),
+    (TRAIN, "--nominal-batch", "0", "an integer from 1 to 1024"),
+    (TRAIN, "--workers", "-2", "from -1"),
+    (TRAIN, "--warmup-epochs", "-1", "at least 0"),
+    (TRAIN, "--close-mosaic", "-1", "at least 0"),
+    (TRAIN, "--seed", "-1", "from 0"),
+    (["models"], "--imgsz", "0", "from 64 to 1280"),
+    (["models"], "--num-classes", "0", "an integer from 1"),
+    (VAL, "--imgsz", "100", "a multiple of 32"),
+    (VAL, "--imgsz", "1344", "from 64 to 1280"),
+    (VAL, "--batch", "0", "an integer from 1"),
+])
+def test_numbers_out_of_range_are_refused_at_parse_time(argv, option, value, allowed, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, option, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}: " in err and allowed in err, err
+
+
+def test_unknown_model_is_refused_at_parse_time_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*TRAIN, "--model", "yolov9-x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'yolov9-x'" in err and "gelan-t" in err
+
+
+def test_the_cli_names_every_registered_model():
+    assert MODEL_NAMES == tuple(list_models())
