@@ -161,6 +161,11 @@ def test_missing_config_and_split_problems(tmp_path, real_images):
     ("path: missing\nval: images/val\nnames: [a]\n", r"dataset root `path: missing` is not a folder"),
     ("val: {a: 1}\nnames: [a]\n", r"`val` must be a path or a list of paths"),
     ("val: images/val\nval_json: [a.json, b.json]\nnames: [a]\n", r"`val_json` must be one path"),
+    ("val: images/val\nnames: [null]\n", r"class 0 in `names` is None, not a class name"),
+    ("val: images/val\nnames: [a, [a, b]]\n", r"class 1 in `names` is \['a', 'b'\], not a class name"),
+    ("val: images/val\nnames: {0: a, 1: {x: 1}}\n", r"class 1 in `names` is \{'x': 1\}, not a class name"),
+    ("val: images/val\nnames: [a, '  ']\n", r"class 1 in `names` is '  ', not a class name"),
+    ("val: images/val\nnames: [a, true]\n", r"class 1 in `names` is True, not a class name"),
 ])
 def test_bad_data_yaml_is_one_clear_error(tmp_path, text, problem):
     (tmp_path / "data.yaml").write_text(text)
@@ -175,3 +180,19 @@ def test_val_json_is_resolved_against_the_dataset_root(tmp_path, coco_val158):
     cfg = load_data_config(tmp_path / "data.yaml")
     assert cfg.coco_json == {"val": coco_val158 / "annotations" / "instances_val2017_subset.json"}
     assert re.fullmatch(r"\d{12}\.jpg", list_images(cfg, "val")[0].name)
+
+
+def test_integer_class_names_are_written_as_digits(tmp_path):
+    (tmp_path / "data.yaml").write_text("val: images/val\nnames: {0: 7, 1: cat}\n")
+    assert load_data_config(tmp_path / "data.yaml").names == ("7", "cat")
+
+
+def test_label_files_and_image_lists_with_a_byte_order_mark_are_read(tmp_path, real_images):
+    """Windows editors write UTF-8 with a BOM; the first field must still be the class id."""
+    stem = real_images[0].stem
+    data_yaml = make_dataset(tmp_path, real_images[:1], {})
+    (tmp_path / "labels" / "val" / f"{stem}.txt").write_bytes("\ufeff2 0.5 0.5 0.2 0.2\n".encode("utf-8"))
+    (tmp_path / "list.txt").write_bytes(f"\ufeffimages/val/{real_images[0].name}\n".encode("utf-8"))
+    data_yaml.write_text(f"val: list.txt\nnames: {NAMES}\n")
+    [sample] = list_split(load_data_config(data_yaml), "val")
+    assert np.allclose(sample.labels, [[2, 0.5, 0.5, 0.2, 0.2]])

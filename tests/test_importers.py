@@ -22,7 +22,7 @@ from support.importers.official_layout import (ClassificationModel, RepNCSPELAN4
 from support.importers.ultralytics_oracle import ultralytics_raw_outputs
 from train.checkpoint import load_checkpoint
 from train.importers import FORMATS, import_checkpoint, save_imported
-from train.importers.cli import FORMAT_CHOICES
+from train.importers.cli import FORMAT_CHOICES, parse_names
 from train.importers.unpickler import Placeholder, read_foreign_checkpoint
 
 SHARED_KEYS_TSV = "keys.tsv"
@@ -381,6 +381,11 @@ def test_cli_names_override(tmp_path, capsys, ultralytics_t_checkpoint, spec_kin
     assert cli_main(["import", str(ultralytics_t_checkpoint), "-o", str(output), "--names", spec, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["names_from"] == "--names"
     assert load_checkpoint(output)[1] == ["sports ball"]
+
+
+def test_names_file_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "names.txt").write_bytes("\ufeffsports ball\nbat\n".encode("utf-8"))
+    assert parse_names(str(tmp_path / "names.txt")) == ["sports ball", "bat"]
 
 
 def test_cli_errors_without_traceback(tmp_path, capsys, ultralytics_t_checkpoint, coco128):

@@ -96,20 +96,31 @@ def problems_error(problems: list[DatasetProblem], what: str) -> DatasetError:
     return DatasetError(f"{len(problems)} problem(s) in {what}:\n  {listing}", fixes)
 
 
+def _class_name(value: Any, class_id: int, yaml_path: Path) -> str:
+    """A class name as YAML read it: a non-empty string, or an integer (written as its digits)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{yaml_path}: class {class_id} in `names` is {value!r}, not a class name",
+                           "write each class name as a non-empty string, e.g. `names: [person, car]`; quote names "
+                           "YAML would read as something else ('null', 'yes', '1.5', '[a, b]')")
+    return value
+
+
 def _parse_names(raw: Any, nc: Any, yaml_path: Path) -> tuple[str, ...]:
     if raw is None and isinstance(nc, int) and nc > 0:
         return tuple(f"class{i}" for i in range(nc))
     if isinstance(raw, dict):
         try:
-            by_id = {int(k): str(v) for k, v in raw.items()}
+            by_id = {int(k): v for k, v in raw.items()}
         except (TypeError, ValueError):
             by_id = {}
         if sorted(by_id) != list(range(len(raw))):
             raise DatasetError(f"{yaml_path}: `names` ids must be the integers 0 .. {len(raw) - 1}, got {list(raw)}",
                                "number the classes 0, 1, 2, ... without gaps, or write `names` as a list")
-        names = tuple(by_id[i] for i in range(len(by_id)))
+        names = tuple(_class_name(by_id[i], i, yaml_path) for i in range(len(by_id)))
     elif isinstance(raw, list):
-        names = tuple(str(n) for n in raw)
+        names = tuple(_class_name(name, i, yaml_path) for i, name in enumerate(raw))
     else:
         raise DatasetError(f"{yaml_path} has no class `names`",
                            "add `names: [person, car, ...]` (or a {0: person, 1: car} mapping)")
@@ -187,7 +198,7 @@ def list_images(cfg: DataConfig, split: str) -> list[Path]:
         if source.is_dir():
             images.update(find_images(source))
         elif source.is_file() and source.suffix == ".txt":
-            for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(source.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
                     image = source.parent / line.strip()
                     if image.is_file():
@@ -262,7 +273,7 @@ def read_labels(path: Path, num_classes: int) -> tuple[np.ndarray, list[DatasetP
     if not path.exists():
         return np.zeros((0, 5), dtype=np.float32), problems
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # Windows editors start files with a BOM
     except (OSError, UnicodeDecodeError) as err:
         problems.append(DatasetProblem(path, None, f"cannot read the label file ({err})",
                                      "label files are UTF-8 text; re-export or delete the file"))
