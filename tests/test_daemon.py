@@ -29,6 +29,7 @@ from edge_yolov9.detector import Detector
 from firmware_host.config import DaemonConfig
 from firmware_host.daemon import Daemon
 from firmware_host.detector_process import DetectorUnavailable
+from support.conversions import CONFIDENT_IMAGES
 from support.mjpeg_server import MjpegCamera, free_port
 from support.waiting import wait_until
 
@@ -104,7 +105,8 @@ def serve(model: Path, source: str, tmp_path: Path) -> subprocess.CompletedProce
 def test_folder_source_gives_the_detectors_results_and_survives_a_corrupt_frame(model, coco128, tmp_path, caplog):
     folder = tmp_path / "frames"
     folder.mkdir()
-    images = coco_images(coco128, 6)
+    # Four images, and two in which the model finds its ball for sure (in the first six it scores below SCORE).
+    images = sorted(coco_images(coco128, 4) + [coco128 / "images" / "train2017" / name for name in CONFIDENT_IMAGES])
     for path in images:
         shutil.copy(path, folder / path.name)
     (folder / "000000000099_corrupt.jpg").write_bytes(images[0].read_bytes()[:2000])
