@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from edge_yolov9.cli import add_command
+from edge_yolov9.cli import add_command, int_arg
 from edge_yolov9.errors import EdgeYoloError
 
 SAMPLE_CONFIG = Path(__file__).with_name("daemon.sample.yaml")
@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--config", type=Path, help="the daemon's YAML configuration")
     serve.add_argument("--print-sample-config", action="store_true", help="print a commented config and exit")
     serve.add_argument("--validate-config", action="store_true",
-                       help="check the config, print it (secrets masked) and exit")
+                       help="check the config (and that the files it names exist), print it (secrets masked) "
+                            "and exit")
     serve.add_argument("--install-service", action="store_true", help="write a systemd unit for this config")
     serve.add_argument("--unit-path", type=Path, help="where --install-service writes the unit "
                                                       "(default: /etc/systemd/system/edge-yolov9-NAME.service)")
@@ -107,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "picamera2")
     overrides.add_argument("--name", help="name (of the camera)")
     overrides.add_argument("--http-host", help="http.host")
-    overrides.add_argument("--http-port", type=int, help="http.port")
+    overrides.add_argument("--http-port", type=int_arg(0, 65535, hint=" (0 picks a free port)"), help="http.port")
     overrides.add_argument("--mqtt-host", help="mqtt.host (and mqtt.enabled)")
-    overrides.add_argument("--mqtt-port", type=int, help="mqtt.port")
+    overrides.add_argument("--mqtt-port", type=int_arg(1, 65535), help="mqtt.port")
     overrides.add_argument("--jsonl", help="jsonl.path: '-' for stdout, or a file")

@@ -245,3 +245,13 @@ def test_keys_given_twice_are_refused_with_both_lines(tmp_path):
     assert done.returncode == 2 and "configuration OK" not in done.stdout
     assert "gives a key twice: http.port at lines 6 and 8; model at lines 1 and 9" in done.stderr
     assert "fix: keep one of each" in done.stderr
+
+
+def test_port_flags_are_checked_when_parsed(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", "m.tflite", "--source", "0", "--http-port", "70000", "--validate-config"])
+    assert exit_.value.code == 2
+    assert "--http-port: 70000 is out of range; use an integer from 0 to 65535" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", "m.tflite", "--source", "0", "--mqtt-port", "0", "--validate-config"])
+    assert "--mqtt-port: 0 is out of range" in capsys.readouterr().err
