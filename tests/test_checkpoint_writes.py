@@ -128,6 +128,7 @@ def test_a_killed_save_keeps_best_consistent_and_the_next_start_cleans_up(tmp_pa
         assert main(train_args(data, tmp_path / "runs", "--exist-ok")) == 0
     assert "Removed 1 temp file(s) of interrupted checkpoint saves: .last.pt." in caplog.text
     assert temp_files(run) == [] and read_checkpoint(run / "last.pt")["epoch"] == 0
+    assert [p.name for p in run.parent.iterdir()] == ["exp"]  # --exist-ok reused the folder
 
 
 def test_a_new_run_never_replaces_an_earlier_one(tmp_path, coco128, capsys):
@@ -135,11 +136,10 @@ def test_a_new_run_never_replaces_an_earlier_one(tmp_path, coco128, capsys):
     project = tmp_path / "runs"
     assert main(train_args(data, project)) == 0
     first = {p.name: file_sha256(p) for p in (project / "exp").iterdir()}
-    assert main(train_args(data, project, "--seed", "1")) == 0
+    weights = project / "exp" / "best.pt"
+    assert main(train_args(data, project, "--seed", "1", "--weights", str(weights))) == 0
     assert "best checkpoint: " + str(project / "exp2" / "best.pt") in capsys.readouterr().out
     assert {p.name: file_sha256(p) for p in (project / "exp").iterdir()} == first
-    assert read_checkpoint(project / "exp2" / "last.pt")["train_config"]["name"] == "exp2"
+    config = read_checkpoint(project / "exp2" / "last.pt")["train_config"]
+    assert config["name"] == "exp2" and config["weights"] == str(weights)  # plain text, as checkpoints hold
 
-    assert main(train_args(data, project, "--seed", "2", "--exist-ok")) == 0
-    assert sorted(p.name for p in project.iterdir()) == ["exp", "exp2"]
-    assert file_sha256(project / "exp" / "last.pt") != first["last.pt"]

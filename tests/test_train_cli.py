@@ -11,7 +11,7 @@ from train.models import list_models
 
 # Valid everywhere else: a parse-time refusal is the only way these commands can exit before reading --data.
 TRAIN = ["train", "--data", "missing.yaml"]
-VAL = ["val", "--model", "missing.pt", "--data", "missing.yaml"]
+VAL = ["val", "--model", __file__, "--data", "missing.yaml"]  # any existing file: the numbers fail first
 
 
 @pytest.mark.parametrize("argv, option, value, allowed", [
@@ -43,6 +43,16 @@ def test_numbers_out_of_range_are_refused_at_parse_time(argv, option, value, all
         main([*argv, option, value])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"argument {option}: " in err and allowed in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["val", "--data", "missing.yaml", "--model"], [*TRAIN, "--weights"], ["import", "-o", "out.pt"]])
+def test_missing_input_files_are_refused_at_parse_time(tmp_path, argv, capsys):
+    for path, problem in ((tmp_path / "missing.pt", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, str(path)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"{path} {problem}" in err, err
 
 
 def test_unknown_model_is_refused_at_parse_time_with_the_choices(capsys):

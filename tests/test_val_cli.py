@@ -93,7 +93,6 @@ def test_corrupt_image_is_a_clean_error(tmp_path, coco128, checkpoint, names, ca
     (["--data", "{tmp}"], "No data.yaml in the dataset folder"),
     (["--data", "{tmp}/instances.json"], "COCO annotation file not found"),
     (["--data", "{coco_json}"], "128 of the 128 images of"),
-    (["--data", "{coco128}", "--model", "{tmp}/missing.pt"], "Checkpoint not found"),
     (["--data", "{coco128}", "--images", "{tmp}"], "only for a COCO json"),
 ])
 def test_bad_arguments_are_clean_errors(tmp_path, coco128, checkpoint, capsys, args, message):

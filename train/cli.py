@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from edge_yolov9.cli import add_command, float_arg, input_size_arg, int_arg, print_result
+from edge_yolov9.cli import add_command, existing_file, float_arg, input_size_arg, int_arg, print_result
 from edge_yolov9.errors import MissingDependencyError
 
 MODEL_NAMES = ("gelan-s", "gelan-t", "yolov9-s", "yolov9-t")  # train.models.list_models(), without importing torch
@@ -53,7 +54,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         best = resume(args.resume)
     else:
-        overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+        # Paths as text: the config is stored in checkpoints, which hold plain data only.
+        overrides = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                     if k in TrainConfig.__dataclass_fields__ and v is not None}
         best = train(TrainConfig(**overrides))
     print(f"best checkpoint: {best}")
     return 0
@@ -77,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Writes runs/train/NAME/{last.pt,best.pt,results.csv,loss.png,map.png}.")
     train.add_argument("--model", default="yolov9-t", choices=MODEL_NAMES, help="model variant (see `edge-yolov9 models`)")
     train.add_argument("--data", default="shapes", help="data.yaml, dataset folder, or 'shapes' (built-in)")
-    train.add_argument("--weights", help="start from this edge-yolov9 checkpoint (class layers re-initialised "
+    train.add_argument("--weights", type=existing_file, help="start from this edge-yolov9 checkpoint (class layers re-initialised "
                                          "when the class count differs); import foreign ones first")
     train.add_argument("--imgsz", type=IMGSZ, default=320, help="training and validation input size")
     train.add_argument("--epochs", type=int_arg(1, 100_000), default=30)

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from edge_yolov9.cli import add_command, int_arg, print_result
+from edge_yolov9.cli import add_command, existing_file, int_arg, print_result
 from edge_yolov9.errors import MissingDependencyError, ModelError, writing
 
 from .cli import IMGSZ, MAX_BATCH, require_torch
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "0.7, 300 detections per image, multi-label, letterboxed square input). --data is a YOLO "
                     "data.yaml (or its folder), scored against its labels, or against the COCO json named by "
                     "`<split>_json` in it (crowd regions honoured); or a COCO json, with --images.")
-    val.add_argument("--model", required=True, type=Path, help="edge-yolov9 checkpoint (.pt)")
+    val.add_argument("--model", required=True, type=existing_file, help="edge-yolov9 checkpoint (.pt)")
     val.add_argument("--data", required=True, type=Path, help="data.yaml, a dataset folder, or a COCO json")
     val.add_argument("--split", default="val", help="split of data.yaml to score")
     val.add_argument("--images", type=Path, help="image folder of a COCO json (default: <json dir>/../images)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_yolov9.cli import add_command, print_result
+from edge_yolov9.cli import add_command, existing_file, print_result
 from edge_yolov9.errors import ModelError
 
 from ..cli import require_torch
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "MIT YOLO (MultimediaTechLab/YOLO) without running its pickled code and without those "
                     "packages installed, infer the architecture from its tensor shapes, and write an edge-yolov9 "
                     "checkpoint (loadable with weights_only=True).")
-    parser.add_argument("checkpoint", help="the foreign checkpoint (.pt, .pth, .ckpt)")
+    parser.add_argument("checkpoint", type=existing_file, help="the foreign checkpoint (.pt, .pth, .ckpt)")
     parser.add_argument("-o", "--output", required=True, help="where to write the edge-yolov9 checkpoint")
     parser.add_argument("--format", choices=FORMAT_CHOICES, default="auto", help="the checkpoint's project")
     parser.add_argument("--names", help="class names: a,b,c or a names.txt (one per line) or a data.yaml; "
