@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edge_yolov9.errors import EdgeYoloError, ModelError, output_error, writing
-from train.checkpoint import file_sha256
+from edge_yolov9.errors import EdgeYoloError, output_error, writing
+from train.checkpoint import file_sha256, load_checkpoint
 from train.models import YOLO
 
 from .accuracy import AccuracyReport, ValSet, find_val_set, measure_accuracy
@@ -85,14 +85,6 @@ def validate_imgsz(imgsz: int) -> int:
     return imgsz
 
 
-def _load_detector(checkpoint: Path) -> tuple[YOLO, list[str], dict[str, Any]]:
-    from train.checkpoint import load_checkpoint
-
-    try:
-        return load_checkpoint(checkpoint)
-    except ValueError as err:  # the weights do not fit the config the checkpoint claims
-        raise ModelError(f"{checkpoint} does not hold a loadable edge-yolov9 detector: {err}",
-                         "re-create the checkpoint (edge-yolov9 import / train)") from None
 
 
 @dataclass
@@ -169,7 +161,7 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
             if options.compiler is not None:
                 raise  # an explicit --compiler that is wrong is a usage error
             compiler_missing = err
-    model, labels, _ = _load_detector(options.checkpoint)
+    model, labels, _ = load_checkpoint(options.checkpoint)
     check_layout(model, labels, options.layout)
     val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
     deployed = prepare_for_export(model)

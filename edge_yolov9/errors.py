@@ -50,6 +50,8 @@ def output_error(err: OSError, path: str | os.PathLike, what: str) -> OutputErro
     fixes = {
         errno.ENOSPC: ("the disk is full", "free some space (`df -h` shows which disk) and run again"),
         errno.EDQUOT: ("the disk quota is used up", "free some space or ask for a larger quota, and run again"),
+        errno.EFBIG: ("the file is larger than this process may write", "raise the file size limit (`ulimit -f`) "
+                                                                         "or write to another disk"),
         errno.EROFS: ("the file system is read-only", "write somewhere else"),
         errno.EACCES: ("permission denied", "write somewhere you may write, or fix the folder's permissions"),
         errno.EPERM: ("permission denied", "write somewhere you may write, or fix the folder's permissions"),

@@ -6,6 +6,7 @@ every write past the limit fail with EFBIG, as ENOSPC would, without root or a s
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -143,3 +144,17 @@ def test_a_new_run_never_replaces_an_earlier_one(tmp_path, coco128, capsys):
     config = read_checkpoint(project / "exp2" / "last.pt")["train_config"]
     assert config["name"] == "exp2" and config["weights"] == str(weights)  # plain text, as checkpoints hold
 
+
+
+def test_a_checkpoint_is_readable_as_any_file_written_here(tmp_path):
+    from train.checkpoint import save_checkpoint
+    from train.models import create_model
+
+    path = save_checkpoint(tmp_path / "model.pt", create_model("gelan-t", num_classes=1), ["ball"])
+    previous = os.umask(0o022)
+    try:
+        other = save_checkpoint(tmp_path / "other.pt", create_model("gelan-t", num_classes=1), ["ball"])
+    finally:
+        os.umask(previous)
+    assert other.stat().st_mode & 0o777 == 0o644  # not the temp file's private 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~previous

@@ -86,7 +86,7 @@ def test_detect_many_goes_past_a_corrupt_file_in_a_folder(detector, tmp_path, tr
         assert result.error is None and result.timing.invoke > 0
         assert result.detections == detector.detect(result.frame.name)
     assert results[0].detections and results[0].detections[0].label == "ball"
-    assert [r.frame.stem for r in results] == ["000000000078", "000000000142", "a_corrupt", "sub_000000000009"]
+    assert [r.frame.stem for r in results] == ["000000000078", "000000000142", "a_corrupt", "sub/000000000009"]
 
 
 def test_detect_many_on_images_in_memory_reports_bad_items_in_place(detector, train_images):
@@ -130,7 +130,7 @@ def test_video_file_gives_one_record_and_one_image_per_frame(out320, video, vide
 def test_a_truncated_video_is_reported(video, tmp_path, caplog):
     data = video.read_bytes()
     cut = tmp_path / "cut.avi"
-    cut.write_bytes(data[: int(len(data) * 0.7)])  # a copy that stopped early
+    cut.write_bytes(data[: int(len(data) * 0.45)])  # a copy that stopped early
     with caplog.at_level(logging.WARNING):
         decoded = sum(1 for frame in iter_frames(cut) if frame.error is None)
     assert 0 < decoded < 4

@@ -138,6 +138,7 @@ def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
             tmp = handle.name
             torch.save(payload, handle)
+        os.chmod(tmp, 0o666 & ~_umask())  # a temp file is private (0600); a checkpoint is as any file written
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:
@@ -147,6 +148,12 @@ def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,
             raise output_error(cause, path, "the checkpoint") from None
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temp_files(folder: Path, *names: str) -> list[Path]:
