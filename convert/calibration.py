@@ -42,33 +42,6 @@ MAX_OUTLIER_SHARE = 0.1
 MIN_IMAGES_FOR_OUTLIERS = 20
 
 
-def _train_split_images(data_yaml: Path) -> list[Path]:
-    """Images of a YOLO data.yaml's ``train`` entry (folders or .txt lists, relative to ``path``)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(data_yaml.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise DatasetError(f"Cannot read {data_yaml}: {err}", "fix the YAML syntax") from None
-    if not isinstance(data, dict) or not data.get("train"):
-        raise DatasetError(f"{data_yaml} has no 'train' entry", "add 'train: images/train' or pass an image folder")
-    root = Path(data.get("path") or ".")
-    root = root if root.is_absolute() else data_yaml.parent / root
-    entries = data["train"] if isinstance(data["train"], list) else [data["train"]]
-    images: list[Path] = []
-    for entry in entries:
-        location = root / entry
-        if location.is_dir():
-            images += folder_images(location)
-        elif location.suffix == ".txt" and location.is_file():
-            lines = [line.strip() for line in location.read_text().splitlines() if line.strip()]
-            images += [p if p.is_absolute() else root / p for p in map(Path, lines)]
-        else:
-            raise DatasetError(f"train entry {entry!r} of {data_yaml} does not exist ({location})",
-                               "fix 'path'/'train' in the data.yaml")
-    return sorted(images)
-
-
 def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
     """Up to ``limit`` images from an image folder or a data.yaml, evenly spread, in a fixed order."""
     source = Path(source)
@@ -77,7 +50,9 @@ def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALI
     if source.is_dir():
         images = folder_images(source)
     elif source.is_file() and source.suffix in (".yaml", ".yml"):
-        images = _train_split_images(source)
+        from train.data import list_images, load_data_config  # the one reader of data.yaml (it imports yaml)
+
+        images = list_images(load_data_config(source), "train")
     elif source.is_file():
         raise DatasetError(f"Calibration source {source} is a file, not a folder of images or a data.yaml",
                            "pass the folder that holds your calibration images, or your data.yaml (.yaml)")

@@ -334,6 +334,23 @@ def test_calibration_from_data_yaml_uses_the_train_split(tmp_path, coco128):
     assert 0.0 <= batch.min() and batch.max() <= 1.0
 
 
+def test_calibration_reads_a_split_list_as_training_does(tmp_path, coco128):
+    """A `.txt` split lists images relative to its own folder: calibration must find what training finds."""
+    from convert.calibration import calibration_set
+    from train.data import list_images, load_data_config
+
+    (tmp_path / "sub" / "images").mkdir(parents=True)
+    photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:3]
+    for photo in photos:
+        (tmp_path / "sub" / "images" / photo.name).write_bytes(photo.read_bytes())
+    (tmp_path / "sub" / "train.txt").write_text("".join(f"images/{p.name}\n" for p in photos))
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: sub/train.txt\nnames: [a]\n")
+    trained_on = list_images(load_data_config(tmp_path / "data.yaml"), "train")
+    calibration = calibration_set(tmp_path / "data.yaml", 256)
+    assert list(calibration.images) == trained_on and len(trained_on) == 3
+    assert len(list(calibration.inputs())) == 3
+
+
 def test_calibration_input_is_the_runtime_letterbox(coco128):
     from convert.calibration import calibration_set
     from edge_yolov9.preprocess import letterbox, load_image

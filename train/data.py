@@ -36,6 +36,7 @@ import yaml
 
 from edge_yolov9.errors import DatasetError
 from edge_yolov9.preprocess import IMAGE_SUFFIXES
+from edge_yolov9.sources import folder_images
 
 SPLITS = ("train", "val", "test")
 DATA_YAML = "data.yaml"
@@ -182,11 +183,6 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
     return DataConfig(yaml_path=yaml_path, root=root, names=names, splits=splits, coco_json=jsons)
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder``, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def list_images(cfg: DataConfig, split: str) -> list[Path]:
     """The image paths of a split, sorted; missing folders and missing listed images are reported together."""
     if split not in cfg.splits:
@@ -196,7 +192,7 @@ def list_images(cfg: DataConfig, split: str) -> list[Path]:
     problems: list[DatasetProblem] = []
     for source in cfg.splits[split]:
         if source.is_dir():
-            images.update(find_images(source))
+            images.update(folder_images(source))
         elif source.is_file() and source.suffix == ".txt":
             for number, line in enumerate(source.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():

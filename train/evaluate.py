@@ -22,8 +22,9 @@ from tqdm import tqdm
 from edge_yolov9.errors import DatasetError
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
+from edge_yolov9.sources import folder_images
 
-from .data import (MAX_LISTED_PROBLEMS, DatasetProblem, Sample, find_images, list_images, list_split, load_data_config,
+from .data import (MAX_LISTED_PROBLEMS, DatasetProblem, Sample, list_images, list_split, load_data_config,
                    problems_error)
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def load_eval_set(data: str | os.PathLike, *, split: str = "val", images: str | 
     data = Path(data)
     if data.suffix == ".json":
         folder = Path(images) if images is not None else data.parent.parent / "images"
-        return coco_eval_set(data, _index_images(find_images(folder)), str(folder))
+        return coco_eval_set(data, _index_images(folder_images(folder)), str(folder))
     if images is not None:
         raise DatasetError(f"An image folder ({images}) was given with the YOLO dataset {data}",
                            "the image folder is only for a COCO json; a data.yaml names its own images")
