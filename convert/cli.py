@@ -9,9 +9,9 @@ from pathlib import Path
 
 from edge_yolov9.cli import add_command, float_arg, int_arg
 from edge_yolov9.errors import MissingDependencyError
+from edge_yolov9.model_file import LAYOUTS
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
-from .frigate import LAYOUTS
 
 EXIT_CODES = """\
 exit codes:
@@ -76,8 +76,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _edgetpu(args: argparse.Namespace) -> int:
     _require("ai_edge_litert", "Reading a TFLite model", verbose=args.verbose)
+    from edge_yolov9.model_file import read_sidecar, write_sidecar
+
     from .edgetpu import CompilerNotFoundError, ExitCode, compile_for_edgetpu, find_compiler, precheck
-    from .metadata import metadata_for_compiled, read_sidecar, write_sidecar
+    from .metadata import metadata_for_compiled
     from .tflite_model import TFLiteModel
 
     model = TFLiteModel.from_file(args.model)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.model_file import edgetpu_path
 
 from .tflite_model import INT8_OP_VERSIONS, INTEGER_IO_DTYPES, OperatorInfo, TensorInfo, TFLiteModel
 
@@ -388,13 +389,13 @@ def compile_for_edgetpu(model_path: str | os.PathLike, out_dir: str | os.PathLik
     except OSError as err:
         raise CompilerNotFoundError(f"Cannot run {compiler}: {err}", f"check that {COMPILER} is an x86-64 "
                                     "executable on an x86-64 Linux machine") from None
-    console_log = out_dir / f"{model_path.stem}_edgetpu_compile.log"
+    compiled = edgetpu_path(model_path, out_dir)
+    console_log = compiled.with_name(f"{compiled.stem}_compile.log")
     console_log.write_text(output)
-    operation_log = out_dir / f"{model_path.stem}_edgetpu.log"
+    operation_log = compiled.with_suffix(".log")
     if not _has_table(output) and operation_log.is_file():
         output += "\n" + operation_log.read_text(errors="replace")
     report = parse_compiler_log(output, str(model_path))
-    compiled = out_dir / f"{model_path.stem}_edgetpu.tflite"
     if returncode != 0 or not compiled.is_file():
         tail = " / ".join(line.strip() for line in output.strip().splitlines()[-4:]) or "no output"
         report.checks.append(Check("compilation", "FAIL", f"{COMPILER} exited with code {returncode}: {tail}"))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from edge_yolov9.errors import EdgeYoloError, ModelError
+from edge_yolov9.model_file import LAYOUTS
 from train.models import YOLO
 from train.models.deploy import deploy_model
 
@@ -116,15 +117,15 @@ class FrigateOutputs(nn.Module):
 
 def check_layout(model: YOLO, labels: Sequence[str], layout: str) -> None:
     """Raise before any conversion work if ``layout`` is unknown or cannot hold this model."""
-    if layout not in frigate.LAYOUTS:
-        raise EdgeYoloError(f"Unknown output layout {layout!r}", f"use one of: {', '.join(frigate.LAYOUTS)}")
+    if layout not in LAYOUTS:
+        raise EdgeYoloError(f"Unknown output layout {layout!r}", f"use one of: {', '.join(LAYOUTS)}")
     if layout == "frigate":
         frigate.check_compatible(labels, model.head.reg_max, model.strides)
 
 
 def export_module(model: YOLO, layout: str) -> nn.Module:
     """The module whose graph is exported: NHWC input, outputs in ``layout`` (checked by check_layout)."""
-    if layout not in frigate.LAYOUTS:
+    if layout not in LAYOUTS:
         raise ValueError(f"Unknown output layout {layout!r}")
     return FrigateOutputs(model).eval() if layout == "frigate" else channels_last_module(model)
 

@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 from edge_yolov9.errors import ModelError
+from edge_yolov9.model_file import STRIDES, edgetpu_path
 
-# The output layouts of the export (convert.export): per-level head maps, or Frigate's. Kept here,
-# in a module that imports nothing heavy, so the CLI can offer them without importing torch.
-LAYOUTS = ("raw", "frigate")
 LABELMAP = "labelmap.txt"
-EDGETPU_MODEL = "model_int8_edgetpu.tflite"  # what edgetpu_compiler writes for model_int8.tflite
+EDGETPU_MODEL = edgetpu_path("model_int8.tflite").name
 BOX_CHANNELS = 64
-STRIDES = (8, 16, 32)
 MIN_VERSION = "0.17"  # the first Frigate release whose edgetpu detector decodes yolo-generic
 
 

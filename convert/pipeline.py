@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
+from edge_yolov9.model_file import edgetpu_path, sidecar_path, write_sidecar
 from train.checkpoint import file_sha256, load_checkpoint
 from train.models import YOLO
 
@@ -29,22 +30,23 @@ from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitC
                       find_compiler, precheck)
 from .export import check_layout, convert_float, convert_int8, output_specs, prepare_for_export
 from .frigate import LABELMAP, write_labelmap
-from .metadata import attach_metadata, build_metadata, metadata_for_compiled, write_sidecar
+from .metadata import attach_metadata, build_metadata, metadata_for_compiled
 from .tflite_model import TFLiteModel
 
 logger = logging.getLogger(__name__)
 
 MIN_IMGSZ, MAX_IMGSZ, IMGSZ_STEP = 256, 640, 32
 FLOAT_MODEL, INT8_MODEL = "model_float.tflite", "model_int8.tflite"
-PRECHECK_STEM = "model_int8_edgetpu_precheck"
-COMPILE_REPORT_STEM = "model_int8_edgetpu_compile"
+COMPILED_MODEL = edgetpu_path(INT8_MODEL)
+PRECHECK_STEM = f"{COMPILED_MODEL.stem}_precheck"
+COMPILE_REPORT_STEM = f"{COMPILED_MODEL.stem}_compile"
 ACCURACY_STEM = "model_int8_accuracy"
 STAGING_PREFIX, STAGING_LOCK = ".convert-", ".lock"
 # Every file a run may write; ones a run does not write again are removed from OUT so none goes stale.
-PRODUCTS = (FLOAT_MODEL, "model_float.json", INT8_MODEL, "model_int8.json", f"{PRECHECK_STEM}.json",
-            f"{PRECHECK_STEM}.md", "model_int8_edgetpu.tflite", "model_int8_edgetpu.json", "model_int8_edgetpu.log",
-            "model_int8_edgetpu_compile.log", f"{COMPILE_REPORT_STEM}.json", f"{COMPILE_REPORT_STEM}.md",
-            f"{ACCURACY_STEM}.json", f"{ACCURACY_STEM}.md", LABELMAP)
+PRODUCTS = (FLOAT_MODEL, sidecar_path(FLOAT_MODEL).name, INT8_MODEL, sidecar_path(INT8_MODEL).name,
+            f"{PRECHECK_STEM}.json", f"{PRECHECK_STEM}.md", COMPILED_MODEL.name, sidecar_path(COMPILED_MODEL).name,
+            COMPILED_MODEL.with_suffix(".log").name, f"{COMPILE_REPORT_STEM}.log", f"{COMPILE_REPORT_STEM}.json",
+            f"{COMPILE_REPORT_STEM}.md", f"{ACCURACY_STEM}.json", f"{ACCURACY_STEM}.md", LABELMAP)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ConvertOptions:
     compiler: Path | None = None
     min_runtime_version: int | None = None
     allow_cpu_ops: bool = False
-    layout: str = "raw"  # convert.frigate.LAYOUTS: per-level head maps, or Frigate's yolo-generic (+ labelmap.txt)
+    layout: str = "raw"  # edge_yolov9.model_file.LAYOUTS: per-level head maps, or Frigate's yolo-generic (+ labelmap.txt)
     accuracy: bool = True  # the int8 accuracy report (needs labelled images: val, or a calib data.yaml)
     val: Path | None = None  # None: the val split of calib when it is a data.yaml
     max_drop: float = 1.0  # AP points of mAP50-95 the int8 model may lose against PyTorch

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .decode import DEFAULT_STRIDES
 from .errors import EdgeYoloError
+from .model_file import STRIDES
 
 logger = logging.getLogger("edge_yolov9")
 COMMANDS_GROUP = "edge_yolov9.commands"
-MAX_STRIDE = max(DEFAULT_STRIDES)
+MAX_STRIDE = max(STRIDES)
 
 Handler = Callable[[argparse.Namespace], int]
 

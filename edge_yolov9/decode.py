@@ -11,11 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_STRIDES = (8, 16, 32)
+from .model_file import STRIDES
 
 
 def make_anchors(level_shapes: Sequence[tuple[int, int]],
-                 strides: Sequence[int] = DEFAULT_STRIDES) -> tuple[np.ndarray, np.ndarray]:
+                 strides: Sequence[int] = STRIDES) -> tuple[np.ndarray, np.ndarray]:
     """Anchor centres (A, 2) as (x, y) in input pixels and the stride of each anchor (A,).
 
     ``level_shapes`` are the (H, W) of each level's output map; levels are in ``strides`` order,

@@ -4,8 +4,9 @@
     for det in detector.detect("photo.jpg"):
         print(det.label, det.score, det.box)
 
-The model's metadata (labels, input size and quantization, output layout) comes from the sidecar
-``<model>.json`` or, failing that, from the copy embedded in the .tflite by ``edge-yolov9 convert``.
+The model's metadata (labels, input size and quantization, output layout) comes from the model file
+(``edge_yolov9.model_file``: the sidecar ``<model>.json``, else the copy embedded in the .tflite), checked
+against the interpreter at load.
 Pre-processing is the letterbox used in training and calibration; post-processing is the shared
 decoder and NMS, on the raw outputs: the score threshold is applied to the integers,
 so only candidate anchors are dequantized.
@@ -13,7 +14,6 @@ so only candidate anchors are dequantized.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,209 +28,13 @@ from .interpreter import Backend, Device, RuntimeSetupError, find_backend, load_
 from .decode import level_shapes, split_levels
 from .postprocess import PostprocessConfig, postprocess
 from .preprocess import ImageInput, letterbox, read_image, to_rgb
+from .model_file import ModelInfo, check_model_info, cpu_twin, cpu_twin_path, infer_model_info, metadata_origin, \
+    read_model_info
 from .sources import Frame, Source, image_frames, iter_frames
 from .tflite_file import TFLiteFile, read_tflite
 from .types import Box, Detection
 
 logger = logging.getLogger(__name__)
-
-METADATA_NAME = "edge_yolov9"
-EDGETPU_SUFFIX = "_edgetpu"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output tensor as the metadata describes it."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    scale: float | None = None
-    zero_point: int | None = None
-    kind: str = ""      # outputs: "box" or "cls"
-    stride: int = 0
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the runtime needs to know about a model."""
-
-    labels: tuple[str, ...]
-    input: TensorSpec
-    outputs: tuple[TensorSpec, ...]
-    variant: str = "cpu"
-    layout: str = "raw"  # "raw": a (1, H, W, C) map per level; "frigate": (1, N, C) rows of all levels
-    level_strides: tuple[int, ...] = ()  # the frigate layout's levels (a raw output has its own stride)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.input.shape[1], self.input.shape[2]
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        return self.level_strides or tuple(o.stride for o in self.outputs if o.kind == "box")
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> "ModelInfo":
-        def spec(entry: dict[str, Any]) -> TensorSpec:
-            return TensorSpec(entry["name"], entry["dtype"], tuple(entry["shape"]), entry.get("scale"),
-                              entry.get("zero_point"), entry.get("kind", ""), entry.get("stride", 0))
-
-        try:
-            layout = meta.get("layout", "raw")
-            labels = meta["labels"]
-            if not (isinstance(labels, list) and labels and all(isinstance(name, str) and name for name in labels)):
-                raise ValueError(f"'labels' must be a list of names, got {labels!r:.80}")
-            if layout not in ("raw", "frigate"):
-                raise ValueError(f"unknown layout {layout!r}")
-            return cls(tuple(labels), spec(meta["input"]), tuple(spec(o) for o in meta["outputs"]),
-                       meta.get("variant", "cpu"), layout,
-                       tuple(int(s) for s in meta["strides"]) if layout == "frigate" else ())
-        except KeyError as err:
-            raise ModelError(f"Model metadata is incomplete (missing {err})",
-                             "re-convert the model with `edge-yolov9 convert`") from None
-        except (TypeError, ValueError, AttributeError) as err:
-            raise ModelError(f"Model metadata is malformed ({err})",
-                             "re-convert the model with `edge-yolov9 convert`") from None
-
-
-def metadata_origin(path: Path, tflite: TFLiteFile) -> Path | str | None:
-    """Where the model's metadata comes from: its sidecar json, else the copy embedded in the model."""
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        return sidecar
-    return "the metadata embedded in the model" if METADATA_NAME in tflite.metadata else None
-
-
-def read_model_info(path: Path, tflite: TFLiteFile) -> ModelInfo | None:
-    """Metadata from the sidecar json, else the copy embedded in the model; None when neither exists."""
-    origin = metadata_origin(path, tflite)
-    if origin is None:
-        return None
-    try:
-        text = origin.read_text(encoding="utf-8") if isinstance(origin, Path) else tflite.metadata[METADATA_NAME]
-        meta = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"{origin} is not valid JSON ({err})", _stale_fix(path, origin)) from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{origin} is not model metadata (a JSON object)", _stale_fix(path, origin))
-    try:
-        return ModelInfo.from_metadata(meta)
-    except ModelError as err:
-        raise ModelError(f"{origin}: {err.problem}", _stale_fix(path, origin)) from None
-
-
-def _stale_fix(path: Path, origin: Path | str) -> str:
-    if isinstance(origin, Path):
-        return (f"{origin.name} does not belong to {path.name} (a copy from another conversion?): copy the .json "
-                f"written with this model beside it, or delete {origin.name} to use the metadata embedded in the "
-                "model")
-    return "re-convert the model with `edge-yolov9 convert`"
-
-
-def check_model_info(info: ModelInfo, interpreter: Any, path: Path, origin: Path | str) -> None:
-    """Refuse metadata that does not describe the model the interpreter loaded (a .tflite copied over
-    without its .json, an edited file): every tensor, label count and stride it claims is compared."""
-    problems: list[str] = []
-
-    def compare(what: str, claimed: TensorSpec, actual: dict) -> None:
-        shape = tuple(int(v) for v in actual["shape"])
-        dtype = np.dtype(actual["dtype"]).name
-        scale, zero = actual["quantization"]
-        if claimed.shape != shape:
-            problems.append(f"{what} shape {list(claimed.shape)} in the metadata, {list(shape)} in the model")
-        if claimed.dtype != dtype:
-            problems.append(f"{what} type {claimed.dtype} in the metadata, {dtype} in the model")
-        elif dtype != "float32" and (claimed.scale is None or claimed.zero_point != zero
-                                     or abs(claimed.scale - scale) > 1e-6 * max(abs(scale), 1e-12)):
-            problems.append(f"{what} quantization {claimed.scale}/{claimed.zero_point} in the metadata, "
-                            f"{scale:g}/{zero} in the model")
-
-    inputs = interpreter.get_input_details()
-    if len(inputs) != 1:
-        problems.append(f"the model has {len(inputs)} inputs, not one image")
-    else:
-        compare("input", info.input, inputs[0])
-    by_name = {d["name"]: d for d in interpreter.get_output_details()}
-    if len(by_name) != len(info.outputs):
-        problems.append(f"{len(info.outputs)} outputs in the metadata, {len(by_name)} in the model")
-    for output in info.outputs:
-        if output.name not in by_name:
-            problems.append(f"output {output.name!r} of the metadata is not in the model")
-        else:
-            compare(f"output {output.name!r}", output, by_name[output.name])
-    if not problems:
-        problems += _layout_problems(info)
-    if problems:
-        raise ModelError(f"The metadata in {origin} does not match the model {path}: " + "; ".join(problems[:4]),
-                         _stale_fix(path, origin))
-
-
-def _layout_problems(info: ModelInfo) -> list[str]:
-    """What the metadata's outputs, strides and labels contradict of one another (shapes already match the model)."""
-    boxes = [o for o in info.outputs if o.kind == "box"]
-    classes = [o for o in info.outputs if o.kind == "cls"]
-    if not boxes or len(boxes) != len(classes) or len(boxes) + len(classes) != len(info.outputs) or (
-            info.layout == "raw" and sorted(o.stride for o in boxes) != sorted(o.stride for o in classes)):
-        return ["the outputs are not pairs of 'box' and 'cls' tensors, one of each per stride"]
-    if len(info.input.shape) != 4 or info.input.shape[3] != 3:
-        return [f"input shape {list(info.input.shape)} is not (1, H, W, 3)"]
-    height, width = info.size
-    problems = [f"output {o.name!r} has {o.shape[-1]} channels, not the {len(info.labels)} labels"
-                for o in classes if o.shape[-1] != len(info.labels)]
-    strides = info.strides
-    if any(not isinstance(s, int) or s <= 0 or height % s or width % s for s in strides):
-        return problems + [f"strides {list(strides)} do not divide the input size {height}x{width}"]
-    if info.layout == "frigate":
-        anchors = sum((height // s) * (width // s) for s in strides)
-        problems += [f"output {o.name!r} has {o.shape[1]} rows, the strides {list(strides)} make {anchors}"
-                     for o in info.outputs if len(o.shape) != 3 or o.shape[1] != anchors]
-    else:
-        problems += [f"output {o.name!r} is {o.shape[1]}x{o.shape[2]}, stride {o.stride} makes "
-                     f"{height // o.stride}x{width // o.stride}"
-                     for o in info.outputs if len(o.shape) != 4 or o.shape[1:3] != (height // o.stride, width // o.stride)]
-    return problems
-
-
-def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInfo:
-    """Model info from the interpreter's tensors, for models without metadata: box outputs are
-    those with 64 channels (4 sides x 16 bins), strides follow from the spatial sizes."""
-    [inp] = interpreter.get_input_details()
-    size = int(inp["shape"][1])
-
-    def spec(d: dict, kind: str = "", stride: int = 0) -> TensorSpec:
-        scale, zero = d["quantization"]
-        quantized = np.dtype(d["dtype"]) != np.float32
-        return TensorSpec(d["name"], np.dtype(d["dtype"]).name, tuple(int(v) for v in d["shape"]),
-                          float(scale) if quantized else None, int(zero) if quantized else None, kind, stride)
-
-    outputs = []
-    for d in interpreter.get_output_details():
-        if len(d["shape"]) != 4:
-            raise ModelError(f"Output {d['name']} has shape {list(d['shape'])}, not a raw NHWC head map",
-                             "use a model converted by `edge-yolov9 convert`")
-        kind = "box" if d["shape"][3] == 64 else "cls"
-        outputs.append(spec(d, kind, size // int(d["shape"][1])))
-    outputs.sort(key=lambda o: (o.stride, o.kind))
-    num_classes = next(o.shape[3] for o in outputs if o.kind == "cls")
-    names = tuple(labels) if labels else tuple(f"class{i}" for i in range(num_classes))
-    if len(names) != num_classes:
-        raise ModelError(f"{len(names)} labels given for a model with {num_classes} classes", "pass matching labels")
-    return ModelInfo(names, spec(inp), tuple(outputs))
-
-
-def cpu_twin_path(path: Path) -> Path | None:
-    """Where the CPU model an Edge TPU model was compiled from lies by convention:
-    ``model_edgetpu.tflite`` -> ``model.tflite``; None for a name without the suffix."""
-    if path.stem.endswith(EDGETPU_SUFFIX):
-        return path.with_name(path.stem[: -len(EDGETPU_SUFFIX)] + path.suffix)
-    return None
-
-
-def cpu_twin(path: Path) -> Path | None:
-    """The CPU twin of ``path`` (see :func:`cpu_twin_path`) when it exists."""
-    twin = cpu_twin_path(path)
-    return twin if twin is not None and twin.is_file() else None
 
 
 @dataclass

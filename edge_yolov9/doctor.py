@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import Detector, cpu_twin, cpu_twin_path, metadata_origin, read_model_info
+from .detector import Detector
+from .model_file import cpu_twin, cpu_twin_path, metadata_origin, read_model_info
 from .errors import EdgeYoloError
 from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, RuntimeSetupError, coral_pci_devices, coral_usb_devices,
                           find_backend, libedgetpu_path, numpy_abi_problem)

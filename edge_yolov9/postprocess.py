@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .decode import DEFAULT_STRIDES, decode_candidates, flatten_level, logit, make_anchors
+from .decode import decode_candidates, flatten_level, logit, make_anchors
+from .model_file import STRIDES
 from .nms import nms
 
 
@@ -67,7 +68,7 @@ def _candidate_rows(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.nd
 
 
 def postprocess(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarray], *, channels_last: bool,
-                config: PostprocessConfig = PostprocessConfig(), strides: Sequence[int] = DEFAULT_STRIDES,
+                config: PostprocessConfig = PostprocessConfig(), strides: Sequence[int] = STRIDES,
                 box_quant: Sequence[Quantization] | None = None,
                 cls_quant: Sequence[Quantization] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections of one image in network-input pixels: boxes (N, 4) xyxy, scores (N,), class ids (N,).

@@ -170,6 +170,9 @@ def test_a_stale_sidecar_is_one_clear_error(stale_copy, ball_image, capsys):
     (lambda m: m["input"].update(shape="1x320"), "input shape"),
     (lambda m: m.pop("outputs"), "missing 'outputs'"),
     (lambda m: m.update(layout="sideways"), "unknown layout"),
+    (lambda m: m.update(format="yolo-json"), "not edge-yolov9 model metadata"),
+    (lambda m: m.update(version=2), "version 2, written by a newer edge-yolov9"),
+    (lambda m: m.update(version="1"), "no valid version"),
 ])
 def test_edited_metadata_is_refused_with_the_file_named(out320, tmp_path, edit, says):
     folder = tmp_path / "edited"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge_yolov9.annotate import draw_detections
-from edge_yolov9.detector import Detector, cpu_twin
+from edge_yolov9.detector import Detector
+from edge_yolov9.model_file import cpu_twin
 from edge_yolov9.errors import EdgeYoloError, ImageError, ModelError
 from edge_yolov9.sources import iter_frames
 from edge_yolov9.tflite_file import read_tflite

@@ -12,11 +12,12 @@ from typing import NamedTuple, Union
 import torch
 from torch import nn
 
+from edge_yolov9.model_file import STRIDES
+
 from .blocks import CBFuse, CBLinear, Concat, Conv, ELAN, SPPELAN, AConv, Upsample
 from .config import ModelConfig
 from .head import DetectHead, LevelOutput
 
-STRIDES = (8, 16, 32)
 INPUT = "input"
 Source = Union[int, str]
 Sources = tuple[Source, ...]
