@@ -29,9 +29,9 @@ from PIL import Image
 
 from edge_yolov9.detector import Detector
 from edge_yolov9.sources import iter_frames
-from firmware_host.config import DaemonConfig
-from firmware_host.daemon import Daemon
-from firmware_host.stats import rss_bytes
+from edge_yolov9.daemon.config import DaemonConfig
+from edge_yolov9.daemon.daemon import Daemon
+from edge_yolov9.daemon.stats import rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "runs" / "demo" / "int8" / "model_int8.tflite"

@@ -29,16 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.accuracy import AccuracyReport, TFLitePredictor, find_val_set, measure_accuracy
-from convert.calibration import DEFAULT_CALIBRATION_IMAGES
-from convert.export import prepare_for_export
-from convert.pipeline import FLOAT_MODEL, INT8_MODEL, ConvertOptions, convert_checkpoint
+from edge_yolov9.convert.accuracy import AccuracyReport, TFLitePredictor, find_val_set, measure_accuracy
+from edge_yolov9.convert.calibration import DEFAULT_CALIBRATION_IMAGES
+from edge_yolov9.convert.export import prepare_for_export
+from edge_yolov9.convert.pipeline import FLOAT_MODEL, INT8_MODEL, ConvertOptions, convert_checkpoint
 from edge_yolov9.postprocess import PostprocessConfig
-from train.checkpoint import load_checkpoint
-from train.data import Sample, load_data_config
-from train.evaluate import BatchPredictor, TorchPredictor, YoloEvalSet, evaluate, load_eval_set, predict_images
-from train.models import YOLO
-from train.trainer import BUILTIN_DATA, TrainConfig, resolve_data, train
+from edge_yolov9.train.checkpoint import load_checkpoint
+from edge_yolov9.train.data import Sample, load_data_config
+from edge_yolov9.train.evaluate import BatchPredictor, TorchPredictor, YoloEvalSet, evaluate, load_eval_set, predict_images
+from edge_yolov9.train.models import YOLO
+from edge_yolov9.train.trainer import BUILTIN_DATA, TrainConfig, resolve_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "runs" / "demo" / "train" / "best.pt"

@@ -32,7 +32,7 @@ def calibration_source() -> Path:
     """coco128 from ../shared, else a small built-in synthetic set (generated once, cached)."""
     if COCO128.is_dir():
         return COCO128
-    from train.synthetic import builtin_dataset
+    from edge_yolov9.train.synthetic import builtin_dataset
 
     return builtin_dataset(num_train=16, num_val=1)
 
@@ -44,10 +44,10 @@ def converted(name: str, size: int, calib_images: int, work: Path, fresh: bool) 
         return paths
     import torch
 
-    from convert.calibration import calibration_set
-    from convert.export import convert_float, convert_int8, prepare_for_export
-    from train.models import create_model
-    from train.models.batchnorm import estimate_batchnorm_statistics
+    from edge_yolov9.convert.calibration import calibration_set
+    from edge_yolov9.convert.export import convert_float, convert_int8, prepare_for_export
+    from edge_yolov9.train.models import create_model
+    from edge_yolov9.train.models.batchnorm import estimate_batchnorm_statistics
 
     calibration = calibration_set(calibration_source(), size, calib_images)
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def time_invokes(paths: tuple[Path, Path], threads: int, runs: int, warmup: int)
     """Median and p90 invoke ms of each model, invokes alternating between them, on a real-image input."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
 
     interpreters = []
     for path in paths:

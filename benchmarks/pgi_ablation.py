@@ -14,7 +14,7 @@ import tempfile
 
 from training_runs import epoch_table, machine, run, summary
 
-from train.trainer import TrainConfig
+from edge_yolov9.train.trainer import TrainConfig
 
 PAIRS = {"t": ("yolov9-t", "gelan-t"), "s": ("yolov9-s", "gelan-s")}
 

@@ -77,9 +77,9 @@ def time_invoke(size: int, runs: int, folder: Path) -> float:
     """Median invoke ms of an int8 GELAN-T at ``size`` with ai-edge-litert on 2 threads."""
     import torch
 
-    from convert.export import convert_int8
-    from train.models import create_model
-    from train.models.deploy import deploy_model
+    from edge_yolov9.convert.export import convert_int8
+    from edge_yolov9.train.models import create_model
+    from edge_yolov9.train.models.deploy import deploy_model
 
     from edge_yolov9.interpreter import find_backend
 

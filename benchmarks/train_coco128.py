@@ -15,7 +15,7 @@ from pathlib import Path
 
 from training_runs import epoch_table, machine, run, summary
 
-from train.trainer import TrainConfig
+from edge_yolov9.train.trainer import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128" / "data.yaml"
 

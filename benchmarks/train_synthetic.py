@@ -20,8 +20,8 @@ from training_runs import epoch_table, machine, run, summary
 
 from dataclasses import asdict, replace
 
-from train.augment import AugmentConfig
-from train.trainer import TrainConfig
+from edge_yolov9.train.augment import AugmentConfig
+from edge_yolov9.train.trainer import TrainConfig
 
 TARGET_MAP50 = 0.8
 

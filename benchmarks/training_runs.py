@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.trainer import EpochResult, TrainConfig, Trainer
+from edge_yolov9.train.trainer import EpochResult, TrainConfig, Trainer
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from edge_yolov9.detector import Detector
 from edge_yolov9.errors import ModelError
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.types import Detection
-from train.data import load_data_config
-from train.evaluate import CocoEvalSet, Detections, EvalSet, Metrics, TorchPredictor, evaluate, load_eval_set
-from train.models import YOLO
+from edge_yolov9.train.data import load_data_config
+from edge_yolov9.train.evaluate import CocoEvalSet, Detections, EvalSet, Metrics, TorchPredictor, evaluate, load_eval_set
+from edge_yolov9.train.models import YOLO
 
 logger = logging.getLogger(__name__)
 

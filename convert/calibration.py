@@ -50,7 +50,7 @@ def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALI
     if source.is_dir():
         images = folder_images(source)
     elif source.is_file() and source.suffix in (".yaml", ".yml"):
-        from train.data import list_images, load_data_config  # the one reader of data.yaml (it imports yaml)
+        from edge_yolov9.train.data import list_images, load_data_config  # the one reader of data.yaml (it imports yaml)
 
         images = list_images(load_data_config(source), "train")
     elif source.is_file():

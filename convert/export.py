@@ -29,8 +29,8 @@ from torch import nn
 
 from edge_yolov9.errors import EdgeYoloError, ModelError
 from edge_yolov9.model_file import LAYOUTS
-from train.models import YOLO
-from train.models.deploy import deploy_model
+from edge_yolov9.train.models import YOLO
+from edge_yolov9.train.models.deploy import deploy_model
 
 from . import frigate
 from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel

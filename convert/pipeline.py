@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
 from edge_yolov9.model_file import edgetpu_path, sidecar_path, write_sidecar
-from train.checkpoint import file_sha256, load_checkpoint
-from train.models import YOLO
+from edge_yolov9.train.checkpoint import file_sha256, load_checkpoint
+from edge_yolov9.train.models import YOLO
 
 from .accuracy import AccuracyReport, ValSet, find_val_set, measure_accuracy
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration_set

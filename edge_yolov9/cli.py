@@ -1,7 +1,7 @@
 """The ``edge-yolov9`` command.
 
 Sub-commands come from the ``edge_yolov9.commands`` entry points: each is a ``register(subparsers)``
-function of a package (``train``, ``convert``, ``firmware_host``) that adds its parsers with a
+function of a package (``edge_yolov9.train``, ``.convert``, ``.daemon``) that adds its parsers with a
 ``handler``. The runtime thus imports none of those packages, and a sub-command whose extra is not
 installed still shows in ``--help`` and says what to install.
 """

@@ -11,7 +11,7 @@ import torch
 
 from edge_yolov9.cli import main
 from support.conversions import convert_side_by_side, shared_artifact, trained_like, with_pinned_class
-from train.checkpoint import save_checkpoint
+from edge_yolov9.train.checkpoint import save_checkpoint
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One torch thread per test process: pytest -n N already uses N cores, and oversubscribed

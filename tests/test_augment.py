@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.augment import Annotated, AugmentConfig, flip_horizontal, mosaic, random_affine, warp_boxes
-from train.data import list_split, load_data_config
-from train.synthetic import CLASSES, generate_shapes_dataset
+from edge_yolov9.train.augment import Annotated, AugmentConfig, flip_horizontal, mosaic, random_affine, warp_boxes
+from edge_yolov9.train.data import list_split, load_data_config
+from edge_yolov9.train.synthetic import CLASSES, generate_shapes_dataset
 
 
 def white_square_scene(size=100, box=(20, 30, 50, 70)) -> Annotated:
@@ -67,7 +67,7 @@ def test_synthetic_dataset_is_valid_and_repeatable(tmp_path):
 def test_augment_pipeline_output_is_square_and_in_bounds(tmp_path):
     data = generate_shapes_dataset(tmp_path / "s", num_train=6, num_val=1, image_size=64, seed=1)
     samples = list_split(load_data_config(data), "train")
-    from train.trainer import TrainDataset
+    from edge_yolov9.train.trainer import TrainDataset
 
     dataset = TrainDataset(samples, 64, AugmentConfig(), seed=0, cache=True)
     for index in range(len(dataset)):

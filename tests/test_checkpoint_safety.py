@@ -14,10 +14,10 @@ from torch import nn
 from edge_yolov9.cli import main
 from edge_yolov9.errors import ModelError
 from support.importers.official_layout import build_official_model, save_official_checkpoint
-from train.checkpoint import (MAX_COMPRESSION_RATIO, MAX_UNCOMPRESSED_BYTES, RATIO_CHECKED_FROM_BYTES,
+from edge_yolov9.train.checkpoint import (MAX_COMPRESSION_RATIO, MAX_UNCOMPRESSED_BYTES, RATIO_CHECKED_FROM_BYTES,
                               load_checkpoint, read_checkpoint, save_checkpoint)
-from train.importers import import_checkpoint
-from train.models import create_model
+from edge_yolov9.train.importers import import_checkpoint
+from edge_yolov9.train.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # A run that must not build a multi-GB model gets this much address space; torch alone maps ~2 GB.

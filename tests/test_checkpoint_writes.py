@@ -19,8 +19,8 @@ import pytest
 from edge_yolov9.cli import main
 from support.importers.official_layout import build_official_model, save_official_checkpoint
 from test_trainer import tiny_dataset
-from train.checkpoint import file_sha256, read_checkpoint
-from train.trainer import EpochResult, write_results
+from edge_yolov9.train.checkpoint import file_sha256, read_checkpoint
+from edge_yolov9.train.trainer import EpochResult, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_a_killed_save_keeps_best_consistent_and_the_next_start_cleans_up(tmp_pa
     assert not (run / "last.pt").exists() and [p for p in temp_files(run) if p.startswith(".last.pt.")]
     assert read_checkpoint(run / "best.pt")["meta"]["epoch"] == 0
 
-    with caplog.at_level("WARNING", logger="train.trainer"):
+    with caplog.at_level("WARNING", logger="edge_yolov9.train.trainer"):
         assert main(train_args(data, tmp_path / "runs", "--exist-ok")) == 0
     assert "Removed 1 temp file(s) of interrupted checkpoint saves: .last.pt." in caplog.text
     assert temp_files(run) == [] and read_checkpoint(run / "last.pt")["epoch"] == 0
@@ -147,8 +147,8 @@ def test_a_new_run_never_replaces_an_earlier_one(tmp_path, coco128, capsys):
 
 
 def test_a_checkpoint_is_readable_as_any_file_written_here(tmp_path):
-    from train.checkpoint import save_checkpoint
-    from train.models import create_model
+    from edge_yolov9.train.checkpoint import save_checkpoint
+    from edge_yolov9.train.models import create_model
 
     path = save_checkpoint(tmp_path / "model.pt", create_model("gelan-t", num_classes=1), ["ball"])
     previous = os.umask(0o022)

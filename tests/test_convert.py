@@ -20,16 +20,16 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from convert.edgetpu import precheck
-from convert.metadata import embedded_metadata
-from convert.tflite_model import TFLiteModel
+from edge_yolov9.convert.edgetpu import precheck
+from edge_yolov9.convert.metadata import embedded_metadata
+from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
 from test_edgetpu import ALL_MAPPED_LOG, CPU_OPS_LOG, fake_compiler
-from train.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from train.models import create_model
-from train.models.deploy import deploy_model
+from edge_yolov9.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from edge_yolov9.train.models import create_model
+from edge_yolov9.train.models.deploy import deploy_model
 
 from support.conversions import CONFIDENT_IMAGES, OUTPUT_NAMES
 from support.small_disk import full_disk
@@ -245,11 +245,11 @@ def test_416_with_uint8_io(out416, coco128):
 @pytest.fixture
 def fast_pipeline(monkeypatch, out320):
     """The pipeline with the converters replaced by the models converted once for this session."""
-    import convert.pipeline
+    import edge_yolov9.convert.pipeline
 
     out = out320 / "out"
-    monkeypatch.setattr(convert.pipeline, "convert_float", lambda *a: TFLiteModel.from_file(out / "model_float.tflite"))
-    monkeypatch.setattr(convert.pipeline, "convert_int8", lambda *a: TFLiteModel.from_file(out / "model_int8.tflite"))
+    monkeypatch.setattr(edge_yolov9.convert.pipeline, "convert_float", lambda *a: TFLiteModel.from_file(out / "model_float.tflite"))
+    monkeypatch.setattr(edge_yolov9.convert.pipeline, "convert_int8", lambda *a: TFLiteModel.from_file(out / "model_int8.tflite"))
 
 
 @pytest.mark.parametrize("log, extra, code", [
@@ -340,13 +340,13 @@ def test_wrong_compiler_path_fails_before_converting(tmp_path, ball_checkpoint, 
 
 def test_a_failed_conversion_leaves_no_partial_output(tmp_path, ball_checkpoint, coco128, monkeypatch, capsys):
     """The staging folder goes away; files already in OUT are left as they were; a new OUT is removed."""
-    import convert.pipeline
-    from convert.export import ConversionError
+    import edge_yolov9.convert.pipeline
+    from edge_yolov9.convert.export import ConversionError
 
     def broken(*args, **kwargs):
         raise ConversionError("the converter failed", "report it")
 
-    monkeypatch.setattr(convert.pipeline, "convert_float", broken)
+    monkeypatch.setattr(edge_yolov9.convert.pipeline, "convert_float", broken)
     args = ["convert", "--model", str(ball_checkpoint), "--calib", str(coco128), "--calib-images", "1"]
     assert "the converter failed" in cli_fails([*args, "-o", str(tmp_path / "new")], capsys)
     assert not (tmp_path / "new").exists()
@@ -365,7 +365,7 @@ def test_calib_pointing_at_a_file_says_so(tmp_path, ball_checkpoint, coco128, ca
 
 
 def test_an_image_too_large_to_decode_is_left_out_of_calibration(tmp_path, coco128, caplog):
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
 
     folder = tmp_path / "calib"
     folder.mkdir()

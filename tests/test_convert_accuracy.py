@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from convert.accuracy import AccuracyReport, ModelAccuracy, find_val_set, measure_accuracy
-from convert.export import prepare_for_export
+from edge_yolov9.convert.accuracy import AccuracyReport, ModelAccuracy, find_val_set, measure_accuracy
+from edge_yolov9.convert.export import prepare_for_export
 from edge_yolov9.cli import main
 from edge_yolov9.postprocess import PostprocessConfig
 from test_convert import fast_pipeline  # noqa: F401  (the fixture, used by name)
 from test_edgetpu import CPU_OPS_LOG, fake_compiler
-from train.checkpoint import load_checkpoint
-from train.data import load_data_config
-from train.evaluate import CocoEvalSet, TorchPredictor, evaluate, load_eval_set, predict_images
-from train.models.deploy import deploy_model
+from edge_yolov9.train.checkpoint import load_checkpoint
+from edge_yolov9.train.data import load_data_config
+from edge_yolov9.train.evaluate import CocoEvalSet, TorchPredictor, evaluate, load_eval_set, predict_images
+from edge_yolov9.train.models.deploy import deploy_model
 
 PSEUDO_LABEL_SCORE, PSEUDO_LABEL_IMGSZ = 0.25, 640
 VAL_IMAGES = 40

@@ -16,7 +16,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 
-from convert.tflite_model import TFLiteModel
+from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.errors import EdgeYoloError, ModelError
 
 DTYPES = {"int8": (schema.TensorType.INT8, np.int8), "uint8": (schema.TensorType.UINT8, np.uint8),
@@ -236,7 +236,7 @@ def test_quantizer_annotates_every_op_of_the_export_graph():
     import torch.nn.functional as F
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from convert.quantizer import INPUT_SCALE, INPUT_ZERO_POINT, EdgeQuantizer
+    from edge_yolov9.convert.quantizer import INPUT_SCALE, INPUT_ZERO_POINT, EdgeQuantizer
 
     class Block(torch.nn.Module):
         def __init__(self):
@@ -276,7 +276,7 @@ def test_quantizer_concatenates_rows_without_requantizing():
     import torch.nn.functional as F
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from convert.quantizer import EdgeQuantizer
+    from edge_yolov9.convert.quantizer import EdgeQuantizer
 
     class TwoLevels(torch.nn.Module):
         def __init__(self):
@@ -315,7 +315,7 @@ def test_quantizer_concatenates_rows_without_requantizing():
 
 # ------------------------------------------------------------------------------------- calibration
 def test_calibration_images_are_capped_spread_and_deterministic(coco128):
-    from convert.calibration import find_calibration_images
+    from edge_yolov9.convert.calibration import find_calibration_images
 
     folder = coco128 / "images" / "train2017"
     everything = sorted(folder.glob("*.jpg"))
@@ -325,7 +325,7 @@ def test_calibration_images_are_capped_spread_and_deterministic(coco128):
 
 
 def test_calibration_from_data_yaml_uses_the_train_split(tmp_path, coco128):
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
 
     (tmp_path / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nval: images/val\nnames: [a]\n")
     calibration = calibration_set(tmp_path / "data.yaml", 256, limit=3)
@@ -336,8 +336,8 @@ def test_calibration_from_data_yaml_uses_the_train_split(tmp_path, coco128):
 
 def test_calibration_reads_a_split_list_as_training_does(tmp_path, coco128):
     """A `.txt` split lists images relative to its own folder: calibration must find what training finds."""
-    from convert.calibration import calibration_set
-    from train.data import list_images, load_data_config
+    from edge_yolov9.convert.calibration import calibration_set
+    from edge_yolov9.train.data import list_images, load_data_config
 
     (tmp_path / "sub" / "images").mkdir(parents=True)
     photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:3]
@@ -352,7 +352,7 @@ def test_calibration_reads_a_split_list_as_training_does(tmp_path, coco128):
 
 
 def test_calibration_input_is_the_runtime_letterbox(coco128):
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
     from edge_yolov9.preprocess import letterbox, load_image
 
     calibration = calibration_set(coco128 / "images" / "train2017", 320, limit=1)
@@ -370,7 +370,7 @@ class _Redness(torch.nn.Module):
 def test_calibration_leaves_out_images_whose_activations_stretch_the_ranges(tmp_path, coco128, caplog):
     from PIL import Image
 
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
 
     photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:24]
     for photo in photos:
@@ -391,7 +391,7 @@ def test_calibration_leaves_out_images_whose_activations_stretch_the_ranges(tmp_
 
 
 def test_outlier_rows_are_images_extreme_across_the_network_most_widespread_first():
-    from convert.calibration import outlier_rows
+    from edge_yolov9.convert.calibration import outlier_rows
 
     peaks = np.ones((20, 6))
     peaks[:, 5] = 0.0  # a dead output: its median is 0 and it does not count
@@ -407,7 +407,7 @@ def test_outlier_rows_are_images_extreme_across_the_network_most_widespread_firs
 
 
 def test_empty_calibration_folder_names_the_folder_and_the_fix(tmp_path):
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
 
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(EdgeYoloError, match=str(tmp_path)) as err:
@@ -416,7 +416,7 @@ def test_empty_calibration_folder_names_the_folder_and_the_fix(tmp_path):
 
 
 def test_unreadable_calibration_images_are_skipped(tmp_path, coco128, caplog):
-    from convert.calibration import calibration_set
+    from edge_yolov9.convert.calibration import calibration_set
 
     (tmp_path / "a_broken.jpg").write_bytes(b"not a jpeg")
     good = next((coco128 / "images" / "train2017").glob("*.jpg"))
@@ -430,14 +430,14 @@ def test_unreadable_calibration_images_are_skipped(tmp_path, coco128, caplog):
 
 @pytest.mark.parametrize("imgsz", [256, 320, 416, 512, 640])
 def test_supported_input_sizes(imgsz):
-    from convert.pipeline import validate_imgsz
+    from edge_yolov9.convert.pipeline import validate_imgsz
 
     assert validate_imgsz(imgsz) == imgsz
 
 
 @pytest.mark.parametrize("imgsz", [224, 300, 672, 0])
 def test_unsupported_input_sizes_say_which_are(imgsz):
-    from convert.pipeline import validate_imgsz
+    from edge_yolov9.convert.pipeline import validate_imgsz
 
     with pytest.raises(EdgeYoloError, match=f"Input size {imgsz}") as err:
         validate_imgsz(imgsz)
@@ -449,8 +449,8 @@ def test_512_conversion(out512, coco128):
     calibrated from an image folder."""
     import json
 
-    from convert.edgetpu import precheck
-    from convert.export import check_fully_integer
+    from edge_yolov9.convert.edgetpu import precheck
+    from edge_yolov9.convert.export import check_fully_integer
     from edge_yolov9.detector import Detector
 
     assert (out512 / "exit_code").read_text() == "3", (out512 / "stdout.txt").read_text()

@@ -26,9 +26,9 @@ from typing import Iterator
 import pytest
 
 from edge_yolov9.detector import Detector
-from firmware_host.config import DaemonConfig
-from firmware_host.daemon import Daemon
-from firmware_host.detector_process import DetectorUnavailable
+from edge_yolov9.daemon.config import DaemonConfig
+from edge_yolov9.daemon.daemon import Daemon
+from edge_yolov9.daemon.detector_process import DetectorUnavailable
 from support.conversions import CONFIDENT_IMAGES
 from support.mjpeg_server import MjpegCamera, free_port
 from support.waiting import wait_until

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge_yolov9.cli import main
-from firmware_host.cli import SAMPLE_CONFIG
-from firmware_host.config import ConfigError, load_config, parse_config, redact
-from firmware_host.systemd import existing_groups, unit_text, watchdog_seconds
+from edge_yolov9.daemon.cli import SAMPLE_CONFIG
+from edge_yolov9.daemon.config import ConfigError, load_config, parse_config, redact
+from edge_yolov9.daemon.systemd import existing_groups, unit_text, watchdog_seconds
 
 MINIMAL = "model:\n  path: m.tflite\nsource:\n  uri: '0'\n"
 

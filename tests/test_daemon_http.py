@@ -26,10 +26,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from edge_yolov9.detector import Detector
 from edge_yolov9.errors import EdgeYoloError
 from edge_yolov9.types import Detection
-from firmware_host.config import HttpConfig
-from firmware_host.http_server import HttpServer
-from firmware_host.hub import Hub, Snapshot
-from firmware_host.stats import Stats
+from edge_yolov9.daemon.config import HttpConfig
+from edge_yolov9.daemon.http_server import HttpServer
+from edge_yolov9.daemon.hub import Hub, Snapshot
+from edge_yolov9.daemon.stats import Stats
 from support.browser import headless_chromium
 from support.conversions import CONFIDENT_IMAGES
 from support.waiting import wait_until
@@ -157,7 +157,7 @@ def serve(stats: Stats) -> Iterator[Callable[..., tuple[HttpServer, Hub]]]:
 
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="firmware_host")
+    caplog.set_level(logging.DEBUG, logger="edge_yolov9.daemon")
     return caplog
 
 

@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-from firmware_host.config import HttpConfig
-from firmware_host.http_server import HEAD_TIMEOUT, MAX_HEADER_LINE, MAX_HEADERS, MAX_REQUEST_LINE, HttpServer
-from firmware_host.hub import Hub, Snapshot
-from firmware_host.stats import Stats
+from edge_yolov9.daemon.config import HttpConfig
+from edge_yolov9.daemon.http_server import HEAD_TIMEOUT, MAX_HEADER_LINE, MAX_HEADERS, MAX_REQUEST_LINE, HttpServer
+from edge_yolov9.daemon.hub import Hub, Snapshot
+from edge_yolov9.daemon.stats import Stats
 from support.waiting import wait_until
 
 TOKEN = "tok-5f3a9c81e2"
@@ -178,10 +178,10 @@ def test_connections_over_the_limit_get_503_and_streams_keep_theirs(serve):
 # --------------------------------------------------------------------------- a flood, in a process of its own
 SERVER = f"""
 import sys, time
-from firmware_host.config import HttpConfig
-from firmware_host.http_server import HttpServer
-from firmware_host.hub import Hub
-from firmware_host.stats import Stats
+from edge_yolov9.daemon.config import HttpConfig
+from edge_yolov9.daemon.http_server import HttpServer
+from edge_yolov9.daemon.hub import Hub
+from edge_yolov9.daemon.stats import Stats
 server = HttpServer(HttpConfig(port=0, token={TOKEN!r}), Hub(), Stats("garage", "0", "0.1.0"), "garage", ["ball"])
 server.start()
 print(server.port, flush=True)

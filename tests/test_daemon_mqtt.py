@@ -20,11 +20,11 @@ from pydantic import SecretStr
 
 from edge_yolov9.errors import EdgeYoloError
 from edge_yolov9.types import Box, Detection
-from firmware_host.config import MqttConfig
-from firmware_host.hub import Snapshot
-from firmware_host.mqtt import MqttOutput
-from firmware_host.stats import Stats
-from firmware_host.tracker import ObjectEvent, Tracker
+from edge_yolov9.daemon.config import MqttConfig
+from edge_yolov9.daemon.hub import Snapshot
+from edge_yolov9.daemon.mqtt import MqttOutput
+from edge_yolov9.daemon.stats import Stats
+from edge_yolov9.daemon.tracker import ObjectEvent, Tracker
 from support.broker import TIMEOUT, Broker, Subscriber
 from support.waiting import wait_until
 
@@ -249,9 +249,9 @@ def test_no_discovery_when_disabled(broker, make_output, subscribe):
 CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from firmware_host.config import MqttConfig
-from firmware_host.mqtt import MqttOutput
-from firmware_host.stats import Stats
+from edge_yolov9.daemon.config import MqttConfig
+from edge_yolov9.daemon.mqtt import MqttOutput
+from edge_yolov9.daemon.stats import Stats
 output = MqttOutput(MqttConfig(enabled=True, port={port}, keepalive=5), "camera", ["person"],
                     Stats("camera", "0", "test"), "test")
 output.start()
@@ -300,7 +300,7 @@ def test_reconnects_after_the_broker_restarts_and_publishes_its_state_again(brok
 
 
 def test_broker_down_at_start_connects_later_without_queueing(tmp_path, make_output, subscribe, caplog):
-    caplog.set_level(logging.INFO, logger="firmware_host.mqtt")
+    caplog.set_level(logging.INFO, logger="edge_yolov9.daemon.mqtt")
     broker = Broker(tmp_path / "broker")
     output = make_output(broker.port, qos=1)
     began = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from firmware_host.stats import Stats
+from edge_yolov9.daemon.stats import Stats
 
 
 def test_throttling_flags_come_from_vcgencmd_read_at_most_every_refresh(tmp_path, monkeypatch):

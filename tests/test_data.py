@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_yolov9.errors import DatasetError
-from train.data import label_path, list_images, list_split, load_data_config
+from edge_yolov9.train.data import label_path, list_images, list_split, load_data_config
 
 NAMES = ["person", "bicycle", "car"]
 

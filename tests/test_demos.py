@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from edge_yolov9.detector import Detector
-from firmware_host.demos import count, live
+from edge_yolov9.daemon.demos import count, live
 
 BALL_IMAGE = "000000000078.jpg"  # the 'ball' model finds its ball with a score around 0.7
 

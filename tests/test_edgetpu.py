@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
-from convert.edgetpu import (INSTALL_INSTRUCTIONS, CompilerNotFoundError, compile_for_edgetpu, find_compiler,
+from edge_yolov9.convert.edgetpu import (INSTALL_INSTRUCTIONS, CompilerNotFoundError, compile_for_edgetpu, find_compiler,
                              parse_compiler_log, precheck)
-from convert.tflite_model import TFLiteModel
+from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from test_convert_tflite import T, build, float_add_model, int8_add_model, with_offset_buffers
 

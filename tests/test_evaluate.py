@@ -10,8 +10,8 @@ from PIL import Image
 from edge_yolov9.errors import DatasetError
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.preprocess import load_image
-from train.data import load_data_config
-from train.evaluate import (CocoEvalSet, Detections, GroundTruth, TorchPredictor, YoloEvalSet, coco_metrics,
+from edge_yolov9.train.data import load_data_config
+from edge_yolov9.train.evaluate import (CocoEvalSet, Detections, GroundTruth, TorchPredictor, YoloEvalSet, coco_metrics,
                             coco_results, evaluate, load_eval_set)
 
 VAL158_JSON = ("annotations", "instances_val2017_subset.json")
@@ -130,7 +130,7 @@ def test_detections_of_unknown_classes_are_refused(json_set):
 
 
 def test_torch_predictor_batches_images_of_any_size(coco128):
-    from train.models import create_model
+    from edge_yolov9.train.models import create_model
 
     images = [load_image(p) for p in sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:2]]
     assert images[0].shape != images[1].shape

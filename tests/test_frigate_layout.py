@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from convert.export import check_fully_integer
-from convert.frigate import write_labelmap
-from convert.tflite_model import TFLiteModel
+from edge_yolov9.convert.export import check_fully_integer
+from edge_yolov9.convert.frigate import write_labelmap
+from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from edge_yolov9.decode import flatten_level, split_levels
 from edge_yolov9.detector import Detector
 from edge_yolov9.preprocess import letterbox, load_image
 from support.conversions import CONFIDENT_IMAGES
-from train.checkpoint import save_checkpoint
-from train.models import create_model
+from edge_yolov9.train.checkpoint import save_checkpoint
+from edge_yolov9.train.models import create_model
 
 SIZE, STRIDES, LABELS = 320, (8, 16, 32), ["ball", "never"]
 SHAPES = [(SIZE // s, SIZE // s) for s in STRIDES]
@@ -172,9 +172,9 @@ def test_float_model_holds_the_raw_float_outputs(out_frigate, out320, coco128):
 ])
 def test_models_frigate_cannot_read_are_refused_before_converting(tmp_path, coco128, capsys, monkeypatch,
                                                                  classes, reason):
-    import convert.pipeline
+    import edge_yolov9.convert.pipeline
 
-    monkeypatch.setattr(convert.pipeline, "prepare_for_export", lambda *a: pytest.fail("conversion work started"))
+    monkeypatch.setattr(edge_yolov9.convert.pipeline, "prepare_for_export", lambda *a: pytest.fail("conversion work started"))
     save_checkpoint(tmp_path / "model.pt", create_model("gelan-t", num_classes=classes),
                     [f"c{i}" for i in range(classes)])
     assert main(["convert", "--model", str(tmp_path / "model.pt"), "--calib", str(coco128), "--calib-images", "1",

@@ -20,10 +20,10 @@ from support.importers.mit_layout import build_mit_model, save_lightning_checkpo
 from support.importers.official_layout import (ClassificationModel, RepNCSPELAN4, build_official_model,
                                                registered_as_repository_modules, save_official_checkpoint)
 from support.importers.ultralytics_oracle import ultralytics_raw_outputs
-from train.checkpoint import load_checkpoint
-from train.importers import FORMATS, import_checkpoint, save_imported
-from train.importers.cli import FORMAT_CHOICES, parse_names
-from train.importers.unpickler import Placeholder, read_foreign_checkpoint
+from edge_yolov9.train.checkpoint import load_checkpoint
+from edge_yolov9.train.importers import FORMATS, import_checkpoint, save_imported
+from edge_yolov9.train.importers.cli import FORMAT_CHOICES, parse_names
+from edge_yolov9.train.importers.unpickler import Placeholder, read_foreign_checkpoint
 
 SHARED_KEYS_TSV = "keys.tsv"
 # Both sides compute in float32 from the same fp16 weights widened exactly to float32, so only the order of

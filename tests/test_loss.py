@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from edge_yolov9.decode import make_anchors
-from train.loss import DetectionLoss, LossConfig, assign, box_ciou
-from train.models import STRIDES, LevelOutput, ModelOutput, create_model
+from edge_yolov9.train.loss import DetectionLoss, LossConfig, assign, box_ciou
+from edge_yolov9.train.models import STRIDES, LevelOutput, ModelOutput, create_model
 
 REG_MAX = 16
 

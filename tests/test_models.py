@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.models import STRIDES, create_model, list_models, model_config
-from train.models.deploy import deploy_model
-from train.models.profile import count_params, profile_model
+from edge_yolov9.train.models import STRIDES, create_model, list_models, model_config
+from edge_yolov9.train.models.deploy import deploy_model
+from edge_yolov9.train.models.profile import count_params, profile_model
 
 PUBLISHED = {"gelan-t": (2.0e6, 7.7), "gelan-s": (7.1e6, 26.4), "yolov9-t": (2.0e6, 7.7), "yolov9-s": (7.1e6, 26.4)}
 

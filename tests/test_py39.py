@@ -33,7 +33,7 @@ def _is_type_like(node: ast.expr) -> bool:
     if isinstance(node, ast.Subscript):
         return True
     name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", "")
-    return name in TYPE_NAMES or name[:1].isupper()
+    return name in TYPE_NAMES or (name[:1].isupper() and not name.isupper())  # LOCK_EX is a constant
 
 
 def annotation_nodes(tree: ast.AST) -> set[int]:
@@ -88,7 +88,7 @@ def test_the_checker_finds_what_it_looks_for():
     source = ("from dataclasses import dataclass\nAlias = int | None\ndef f(x: int | None) -> str | None:\n"
               "    return isinstance(x, (int, str)) or isinstance(x, str | bytes) or (x | 4)\n"
               "@dataclass(slots=True)\nclass C:\n    a: list[int] | None = None\n"
-              "pairs = zip([1], [2], strict=True)\n")
+              "pairs = zip([1], [2], strict=True)\nflags = fcntl.LOCK_EX | fcntl.LOCK_NB\n")
     found = py310_constructs(source)
     assert [line.split(":")[0] for line in found] == ["line 2", "line 4", "line 5", "line 8"], found
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from convert.tflite_model import TFLiteModel
+from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from edge_yolov9.detector import Detector
 from edge_yolov9.errors import ModelError
@@ -19,8 +19,8 @@ from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
 from edge_yolov9.types import Box
 from support.conversions import CONFIDENT_IMAGES, fake_edgetpu_model
-from train.checkpoint import load_checkpoint
-from train.models.deploy import deploy_model
+from edge_yolov9.train.checkpoint import load_checkpoint
+from edge_yolov9.train.models.deploy import deploy_model
 
 CONFIG = PostprocessConfig(score_threshold=0.25, iou_threshold=0.45, max_detections=100)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edge_yolov9.cli import main
-from train.cli import MODEL_NAMES
-from train.models import list_models
+from edge_yolov9.train.cli import MODEL_NAMES
+from edge_yolov9.train.models import list_models
 
 # Valid everywhere else: a parse-time refusal is the only way these commands can exit before reading --data.
 TRAIN = ["train", "--data", "missing.yaml"]

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from edge_yolov9.errors import DatasetError, EdgeYoloError
-from train.checkpoint import load_checkpoint, read_checkpoint
-from train.loss import DetectionLoss
-from train.models import STRIDES, create_model
-from train.trainer import (AUTO_SGD_MIN_STEPS, TrainConfig, Trainer, build_optimizer, choose_optimizer, collate,
+from edge_yolov9.train.checkpoint import load_checkpoint, read_checkpoint
+from edge_yolov9.train.loss import DetectionLoss
+from edge_yolov9.train.models import STRIDES, create_model
+from edge_yolov9.train.trainer import (AUTO_SGD_MIN_STEPS, TrainConfig, Trainer, build_optimizer, choose_optimizer, collate,
                            resume)
 
 
@@ -100,7 +100,7 @@ def test_end_to_end_train_and_val_on_coco128(coco128, tmp_path):
 def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_path):
     data = tiny_dataset(coco128, tmp_path)
     source = tmp_path / "source.pt"
-    from train.checkpoint import save_checkpoint
+    from edge_yolov9.train.checkpoint import save_checkpoint
 
     donor = create_model("gelan-t", num_classes=3)
     save_checkpoint(source, donor, ["a", "b", "c"])

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edge_yolov9.cli import main
-from train.checkpoint import save_checkpoint
-from train.data import load_data_config
-from train.models import create_model
+from edge_yolov9.train.checkpoint import save_checkpoint
+from edge_yolov9.train.data import load_data_config
+from edge_yolov9.train.models import create_model
 
 GRAYSCALE = "000000000086.jpg"  # coco128's grayscale image
 

@@ -1,7 +1,7 @@
 """Count objects that cross a line: people through a door, cars past a gate.
 
-    python -m firmware_host.demos.count --model model_int8_edgetpu.tflite --label person --line 0.5
-    python -m firmware_host.demos.count --model model_int8.tflite --source clip.mp4 --vertical --output count.avi
+    python -m edge_yolov9.daemon.demos.count --model model_int8_edgetpu.tflite --label person --line 0.5
+    python -m edge_yolov9.daemon.demos.count --model model_int8.tflite --source clip.mp4 --vertical --output count.avi
 
 Objects are followed from frame to frame by the daemon's tracker; an object is counted once each time
 its centre passes the line (a horizontal line at ``--line`` of the height, or vertical with

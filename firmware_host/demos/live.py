@@ -1,7 +1,7 @@
 """Live detection with boxes from a webcam, a video file or a stream.
 
-    python -m firmware_host.demos.live --model model_int8_edgetpu.tflite            # camera 0, a window
-    python -m firmware_host.demos.live --model model_int8.tflite --source clip.mp4 --output boxes.avi
+    python -m edge_yolov9.daemon.demos.live --model model_int8_edgetpu.tflite            # camera 0, a window
+    python -m edge_yolov9.daemon.demos.live --model model_int8.tflite --source clip.mp4 --output boxes.avi
 
 On a Pi with a Coral the _edgetpu model runs on the TPU ('auto'); elsewhere its CPU twin runs.
 """

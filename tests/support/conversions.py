@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from filelock import FileLock
 
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.models import create_model
-from train.models.batchnorm import estimate_batchnorm_statistics
+from edge_yolov9.train.checkpoint import load_checkpoint, save_checkpoint
+from edge_yolov9.train.models import create_model
+from edge_yolov9.train.models.batchnorm import estimate_batchnorm_statistics
 
 OUTPUT_NAMES = ["box_stride8", "cls_stride8", "box_stride16", "cls_stride16", "box_stride32", "cls_stride32"]
 # Images of coco128 on which the imported 'ball' model has confident detections (sports balls).
@@ -81,7 +81,7 @@ def fake_edgetpu_model(source: Path, target: Path) -> Path:
     """A copy of ``source`` that declares the Edge TPU custom op, as an edgetpu_compiler output does."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from convert.tflite_model import TFLiteModel
+    from edge_yolov9.convert.tflite_model import TFLiteModel
 
     model = TFLiteModel.from_file(source)
     code = schema.OperatorCodeT()
