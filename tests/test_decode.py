@@ -9,6 +9,8 @@ from edge_yolov9.decode import decode_candidates, dfl_distances, flatten_level, 
 from edge_yolov9.nms import nms
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 
+pytestmark = pytest.mark.runtime
+
 
 def one_hot_bins(distances, reg_max=16, sharpness=50.0):
     """Bin logits whose softmax is (almost exactly) one-hot at integer ``distances`` (l, t, r, b)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from edge_yolov9.cli import main
 from edge_yolov9.doctor import model_checks, run_checks
 from support.conversions import fake_edgetpu_model
@@ -19,6 +21,7 @@ def test_checks_report_interpreter_and_missing_tpu_with_fixes():
     assert not checks["coral devices"].ok and "USB 3" in checks["coral devices"].fix
 
 
+@pytest.mark.runtime
 def test_doctor_cli_json_passes_without_a_tpu(capsys):
     assert main(["doctor", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -8,6 +8,7 @@ from edge_yolov9.interpreter import (RuntimeSetupError, coral_usb_devices, find_
                                      load_edgetpu_delegate, numpy_abi_problem, parse_device)
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("text,options", [
     ("usb", {"device": "usb"}), ("usb:0", {"device": "usb:0"}), ("pci", {"device": "pci"}),
     ("pci:1", {"device": "pci:1"}), (":0", {"device": ":0"}), ("USB:2", {"device": "usb:2"}),
@@ -17,6 +18,7 @@ def test_device_strings_follow_pycoral(text, options):
     assert device.wants_tpu and device.delegate_options() == options
 
 
+@pytest.mark.runtime
 def test_cpu_and_auto_devices_and_bad_ones():
     assert not parse_device("cpu").wants_tpu and parse_device("auto").kind == "auto"
     for bad in ("gpu", "usb:x", "usb0", "pci:-1"):
@@ -24,6 +26,7 @@ def test_cpu_and_auto_devices_and_bad_ones():
             parse_device(bad)
 
 
+@pytest.mark.runtime
 def test_tflite_runtime_under_numpy2_is_diagnosed():
     assert "NumPy 1" in numpy_abi_problem("tflite-runtime", "2.1.0")
     assert numpy_abi_problem("tflite-runtime", "1.26.4") is None
@@ -44,6 +47,7 @@ def test_missing_edge_tpu_runtime_says_how_to_install():
     assert "libedgetpu" in str(info.value) and "apt-get install libedgetpu1-std" in info.value.fix
 
 
+@pytest.mark.runtime
 def test_coral_usb_ids_are_read_from_sysfs(tmp_path):
     for name, vendor, product in (("1-1", "1a6e", "089a"), ("1-2", "18d1", "9302"), ("1-3", "046d", "c52b")):
         (tmp_path / name).mkdir()

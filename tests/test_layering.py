@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 # Repository folder of each layer, and the package it installs as.
 FOLDERS = {"core": "edge_yolov9", "train": "train", "convert": "convert", "daemon": "firmware_host"}

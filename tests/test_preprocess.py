@@ -9,6 +9,8 @@ from PIL import Image
 from edge_yolov9.errors import ImageError
 from edge_yolov9.preprocess import PAD_VALUE, letterbox, load_image, read_image
 
+pytestmark = pytest.mark.runtime
+
 
 def test_letterbox_pads_centred_and_maps_boxes_back(coco_val158):
     image = load_image(next((coco_val158 / "images" / "val2017").glob("*.jpg")))

@@ -14,6 +14,8 @@ import pytest
 
 from edge_yolov9.doctor import MIN_PYTHON
 
+pytestmark = pytest.mark.runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = sorted((ROOT / "edge_yolov9").rglob("*.py"))
 # Keyword arguments that Python 3.9 lacks: zip(strict=) and dataclass(slots=, kw_only=) are 3.10;

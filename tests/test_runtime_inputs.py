@@ -15,6 +15,8 @@ from edge_yolov9.sources import iter_frames
 from edge_yolov9.tflite_file import read_tflite
 from edge_yolov9.types import Box, Detection
 
+pytestmark = pytest.mark.runtime
+
 
 def test_missing_model_names_the_path(tmp_path):
     with pytest.raises(ModelError, match="not found"):

@@ -1,4 +1,5 @@
-"""Helpers of the session-wide converted-model fixtures (tests/conftest.py)."""
+"""Helpers of the session-wide converted-model fixtures (tests/conftest.py). Torch and the train package are
+imported by the helpers that need them: runtime-tier tests import this module in the default install."""
 
 from __future__ import annotations
 
@@ -7,14 +8,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from filelock import FileLock
-
-from edge_yolov9.train.checkpoint import load_checkpoint, save_checkpoint
-from edge_yolov9.train.models import create_model
-from edge_yolov9.train.models.batchnorm import estimate_batchnorm_statistics
+if TYPE_CHECKING:
+    import torch
 
 OUTPUT_NAMES = ["box_stride8", "cls_stride8", "box_stride16", "cls_stride16", "box_stride32", "cls_stride32"]
 # Images of coco128 on which the imported 'ball' model has confident detections (sports balls).
@@ -23,6 +20,8 @@ CONFIDENT_IMAGES = ("000000000078.jpg", "000000000142.jpg")
 
 def shared_artifact(tmp_path_factory, name: str, produce: Callable[[Path], None]) -> Path:
     """``produce(folder)`` once per session, even with several xdist workers (file lock + done marker)."""
+    from filelock import FileLock
+
     root = tmp_path_factory.getbasetemp()
     root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
     folder = root / name
@@ -54,6 +53,11 @@ def convert_side_by_side(folder: Path, runs: dict[str, list[str]]) -> None:
 def trained_like(imgs: list[Path], name: str = "gelan-t", **overrides) -> torch.nn.Module:
     """A random detector (GELAN-T unless ``name`` says otherwise, 80 classes) with BatchNorm statistics
     estimated on real images: realistic activation ranges."""
+    import torch
+
+    from edge_yolov9.train.models import create_model
+    from edge_yolov9.train.models.batchnorm import estimate_batchnorm_statistics
+
     torch.manual_seed(0)
     return estimate_batchnorm_statistics(create_model(name, num_classes=80, **overrides), imgs)
 
@@ -62,6 +66,11 @@ def with_pinned_class(checkpoint: Path, target: Path, label: str = "never", logi
     """The detector of ``checkpoint`` with one more class whose logit is ``logit`` everywhere (zero weights,
     far below the int8 range): its own classes compute exactly what they did, and it has the two classes
     Frigate's layout needs."""
+    import torch
+
+    from edge_yolov9.train.checkpoint import load_checkpoint, save_checkpoint
+    from edge_yolov9.train.models import create_model
+
     model, labels, _ = load_checkpoint(checkpoint)
     wider = create_model(model.cfg.replace(num_classes=len(labels) + 1))
     state = model.state_dict()
