@@ -36,9 +36,7 @@ class TFLitePredictor:
     Detector with the COCO-evaluation thresholds."""
 
     def __init__(self, model: Path, *, threads: int | None = None):
-        self.detector = Detector(model, device="cpu", threads=threads, score_threshold=EVALUATION.score_threshold,
-                                 iou_threshold=EVALUATION.iou_threshold, max_detections=EVALUATION.max_detections,
-                                 multi_label=EVALUATION.multi_label)
+        self.detector = Detector(model, device="cpu", threads=threads, config=EVALUATION)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [as_detections(self.detector.detect(image)) for image in images]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
@@ -26,10 +26,10 @@ import numpy as np
 from .errors import EdgeYoloError, ModelError
 from .interpreter import Backend, Device, RuntimeSetupError, find_backend, load_edgetpu_delegate, parse_device
 from .decode import level_shapes, split_levels
-from .postprocess import PostprocessConfig, postprocess
-from .preprocess import ImageInput, letterbox, read_image, to_rgb
-from .model_file import ModelInfo, check_model_info, cpu_twin, cpu_twin_path, infer_model_info, metadata_origin, \
-    read_model_info
+from .model_file import ModelInfo, TensorSpec, check_model_info, cpu_twin, cpu_twin_path, infer_model_info, \
+    metadata_origin, read_model_info
+from .postprocess import PostprocessConfig, Quantization, postprocess
+from .preprocess import ImageInput, Letterbox, letterbox, read_image, to_rgb
 from .sources import Frame, Source, image_frames, iter_frames
 from .tflite_file import TFLiteFile, read_tflite
 from .types import Box, Detection
@@ -37,13 +37,56 @@ from .types import Box, Detection
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Timing:
-    """Milliseconds of the last ``detect`` call, by stage."""
+    """Milliseconds of one detection, by stage."""
 
     preprocess: float = 0.0
     invoke: float = 0.0
     postprocess: float = 0.0
+
+
+class Prepared(NamedTuple):
+    """An image made ready for the interpreter: the input tensor (1, H, W, 3) in the model's input type,
+    and where the image lies on it (boxes map back to the image's pixels through ``placement``)."""
+
+    tensor: np.ndarray
+    placement: Letterbox
+
+
+class RawOutputs(NamedTuple):
+    """The head's outputs of one image as the interpreter holds them: per-level box bins and class logits
+    (H, W, C), with their (scale, zero point) when quantized."""
+
+    box_levels: list[np.ndarray]
+    cls_levels: list[np.ndarray]
+    box_quant: list[Quantization] | None
+    cls_quant: list[Quantization] | None
+
+
+def prepare(image: np.ndarray, spec: TensorSpec, full_size: tuple[int, int] | None = None) -> Prepared:
+    """Letterbox an RGB image onto the model input ``spec`` describes and put it in the input's type.
+    Pure: the daemon prepares frames in its own process and sends the detector's process only the tensor.
+    ``full_size``: the (width, height) boxes map to when ``image`` is a reduced decode (``read_image``)."""
+    canvas, placement = letterbox(image, (spec.shape[1], spec.shape[2]))
+    if full_size is not None:
+        placement = placement.for_full_size(*full_size)
+    return Prepared(input_tensor(canvas, spec), placement)
+
+
+def input_tensor(canvas: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """A letterboxed (H, W, 3) uint8 canvas as the model's (1, H, W, 3) input (network input = pixel / 255)."""
+    dtype = np.dtype(spec.dtype)
+    if dtype == np.float32:
+        return (canvas.astype(np.float32) * (1 / 255))[None]
+    scale, zero = spec.scale, spec.zero_point
+    if dtype == np.int8 and abs(scale * 255 - 1) < 1e-6 and zero == -128:
+        return (canvas ^ 0x80).view(np.int8)[None]  # pixel - 128, no arithmetic
+    if dtype == np.uint8 and abs(scale * 255 - 1) < 1e-6 and zero == 0:
+        return canvas[None]
+    info = np.iinfo(dtype)
+    quantized = np.round(canvas.astype(np.float32) / 255 / scale + zero)
+    return np.clip(quantized, info.min, info.max).astype(dtype)[None]
 
 
 class FrameResult(NamedTuple):
@@ -67,9 +110,10 @@ class FrameResult(NamedTuple):
         return record
 
 
-@dataclass
 class Detector:
-    """A converted model ready to detect. See the module docstring.
+    """A converted model ready to detect, in three steps that :meth:`detect` composes: :meth:`prepare`
+    (image -> input tensor and placement), :meth:`run` (tensor -> raw outputs), :meth:`decode` (raw outputs
+    -> detections in the image's pixels). See the module docstring.
 
     Args:
         model: path of a .tflite written by ``edge-yolov9 convert`` (or compiled from one).
@@ -77,36 +121,30 @@ class Detector:
             twin), 'cpu', 'usb', 'usb:N', 'pci', 'pci:N'.
         threads: CPU threads of the interpreter (default: all cores).
         labels: class names, for a model without metadata.
-        score_threshold, iou_threshold, max_detections, classes: post-processing.
-        multi_label: keep a box once for each class above the threshold, not only its best class
-            (the COCO-evaluation convention, ``PostprocessConfig.for_evaluation()``).
+        config: the post-processing (thresholds, classes); or give its fields as keywords:
+            ``score_threshold``, ``iou_threshold``, ``max_detections``, ``multi_label`` (a box once for each
+            class above the threshold, the COCO-evaluation convention) and ``classes`` (ids to keep).
+        backend: the interpreter package to use (default: the one ``edge-yolov9 doctor`` finds).
     """
 
-    model: str | os.PathLike
-    device: str = "auto"
-    threads: int | None = None
-    labels: Sequence[str] | None = None
-    score_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_detections: int = 100
-    multi_label: bool = False
-    classes: Sequence[int] | None = None
-    backend: str | None = None
-    info: ModelInfo = field(init=False)
-    timing: Timing = field(init=False, default_factory=Timing)
-
-    def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise EdgeYoloError(f"threads={self.threads}: the interpreter needs at least one thread",
+    def __init__(self, model: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 labels: Sequence[str] | None = None, *, config: PostprocessConfig | None = None,
+                 backend: str | None = None, **postprocess_options: Any):
+        if config is not None and postprocess_options:
+            raise TypeError(f"pass either config or its fields, not both ({', '.join(postprocess_options)})")
+        if threads is not None and threads < 1:
+            raise EdgeYoloError(f"threads={threads}: the interpreter needs at least one thread",
                                 "pass threads >= 1, or None for all cores")
-        requested = parse_device(self.device)
-        path, tflite, delegate = self._choose_model_file(Path(self.model), requested)
+        self.config = config if config is not None else PostprocessConfig(**postprocess_options)
+        self.model, self.device, self.threads, self.labels, self.backend = model, device, threads, labels, backend
+        requested = parse_device(device)
+        path, tflite, delegate = self._choose_model_file(Path(model), requested)
         self.model_path = path
         self.device_used = "cpu" if delegate is None else str(requested if requested.wants_tpu else Device("tpu"))
         try:
             self._interpreter = self._backend.interpreter(model_path=str(path),
                                                           experimental_delegates=[delegate] if delegate else None,
-                                                          num_threads=self.threads or os.cpu_count())
+                                                          num_threads=threads or os.cpu_count())
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"The interpreter cannot load {path}: {err}",
@@ -114,20 +152,18 @@ class Detector:
                              "match libedgetpu to the compiler (see `edge-yolov9 doctor`)") from None
         info = read_model_info(path, tflite)
         if info is None:
-            info = infer_model_info(self._interpreter, self.labels)
+            info = infer_model_info(self._interpreter, labels)
         else:
             check_model_info(info, self._interpreter, path, metadata_origin(path, tflite))
-        self.info = info
-        if self.labels is not None and len(self.labels) == len(self.info.labels):
-            self.info = replace(self.info, labels=tuple(self.labels))
-        unknown = sorted(c for c in self.classes or () if not 0 <= c < len(self.info.labels))
+        if labels is not None and len(labels) == len(info.labels):
+            info = replace(info, labels=tuple(labels))
+        self.info: ModelInfo = info
+        unknown = sorted(c for c in self.config.classes or () if c >= len(info.labels))
         if unknown:
-            raise EdgeYoloError(f"Class ids {unknown} do not exist: {path.name} has {len(self.info.labels)} classes "
-                                f"(0..{len(self.info.labels) - 1})", "pass class ids of this model (its labels "
+            raise EdgeYoloError(f"Class ids {unknown} do not exist: {path.name} has {len(info.labels)} classes "
+                                f"(0..{len(info.labels) - 1})", "pass class ids of this model (its labels "
                                 "are in `edge-yolov9 doctor --model`)")
         self._bind_tensors()
-        self._post = PostprocessConfig(self.score_threshold, self.iou_threshold, self.max_detections, self.multi_label,
-                                       classes=tuple(self.classes) if self.classes is not None else None)
 
     def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile, Any]:
         """The file to run and, for an Edge TPU model, its delegate (loaded once, here). An Edge TPU
@@ -165,7 +201,6 @@ class Detector:
         """Interpreter tensor indices of the input and of each output, matched by name."""
         [inp] = self._interpreter.get_input_details()
         self._input_index = inp["index"]
-        self._input_dtype = np.dtype(inp["dtype"])
         by_name = {d["name"]: d for d in self._interpreter.get_output_details()}
         missing = [o.name for o in self.info.outputs if o.name not in by_name]
         if missing:
@@ -178,21 +213,6 @@ class Detector:
         self._strides = tuple(sorted(self.info.strides))
         self._level_shapes = level_shapes(self.info.size, self._strides) if self.info.layout == "frigate" else None
 
-    # ------------------------------------------------------------------ detection
-
-    def _to_input(self, canvas: np.ndarray) -> np.ndarray:
-        spec = self.info.input
-        if self._input_dtype == np.float32:
-            return (canvas.astype(np.float32) * (1 / 255))[None]
-        scale, zero = spec.scale, spec.zero_point
-        if self._input_dtype == np.int8 and abs(scale * 255 - 1) < 1e-6 and zero == -128:
-            return (canvas ^ 0x80).view(np.int8)[None]  # pixel - 128, no arithmetic
-        if self._input_dtype == np.uint8 and abs(scale * 255 - 1) < 1e-6 and zero == 0:
-            return canvas[None]
-        info = np.iinfo(self._input_dtype)
-        quantized = np.round(canvas.astype(np.float32) / 255 / scale + zero)
-        return np.clip(quantized, info.min, info.max).astype(self._input_dtype)[None]
-
     def _raw(self, outputs: list[tuple[int, float | None, int | None]]) -> tuple[list[np.ndarray], list | None]:
         """Output maps as the interpreter holds them, and their (scale, zero point) when quantized."""
         levels = [self._interpreter.get_tensor(index)[0] for index, _, _ in outputs]
@@ -202,35 +222,53 @@ class Detector:
             quant = quant * len(levels) if quant else None
         return levels, quant
 
+    # ------------------------------------------------------------------ the three steps
+
+    def prepare(self, image: ImageInput, *, bgr: bool = False) -> Prepared:
+        """``image`` (a path, PIL image, or (H, W, 3) uint8 array; RGB unless ``bgr``) as this model's input."""
+        if isinstance(image, (str, os.PathLike)):
+            rgb, full_size = read_image(image, self.info.size)
+            return prepare(rgb, self.info.input, full_size)
+        return prepare(to_rgb(image, bgr), self.info.input)
+
+    def run(self, tensor: np.ndarray) -> RawOutputs:
+        """One inference on a prepared input tensor."""
+        self._interpreter.set_tensor(self._input_index, tensor)
+        self._interpreter.invoke()
+        box_levels, box_quant = self._raw(self._box_outputs)
+        cls_levels, cls_quant = self._raw(self._cls_outputs)
+        return RawOutputs(box_levels, cls_levels, box_quant, cls_quant)
+
+    def decode(self, raw: RawOutputs, placement: Letterbox) -> list[Detection]:
+        """Detections of one inference, boxes in the image's pixels, best first."""
+        boxes, scores, class_ids = postprocess(raw.box_levels, raw.cls_levels, channels_last=True, config=self.config,
+                                               strides=self._strides, box_quant=raw.box_quant,
+                                               cls_quant=raw.cls_quant)
+        boxes = placement.to_image(boxes)
+        labels = self.info.labels
+        return [Detection(Box(*map(float, b)), float(s), int(c), labels[c] if c < len(labels) else str(c))
+                for b, s, c in zip(boxes, scores, class_ids)]
+
+    # ------------------------------------------------------------------ composed
+
     def detect(self, image: ImageInput, *, bgr: bool = False) -> list[Detection]:
         """Detections in ``image`` (a path, PIL image, or (H, W, 3) uint8 array; RGB unless ``bgr``),
         boxes in the image's own pixels, best first."""
-        started = time.perf_counter()
-        if isinstance(image, (str, os.PathLike)):
-            rgb, full_size = read_image(image, self.info.size)
-        else:
-            rgb, full_size = to_rgb(image, bgr), None
-        return self._detect_rgb(rgb, full_size, started)
+        return self.detect_with_timing(image, bgr=bgr)[0]
 
-    def _detect_rgb(self, rgb: np.ndarray, full_size: tuple[int, int] | None, started: float) -> list[Detection]:
-        canvas, placement = letterbox(rgb, self.info.size)
-        if full_size is not None:
-            placement = placement.for_full_size(*full_size)
-        self._interpreter.set_tensor(self._input_index, self._to_input(canvas))
-        preprocessed = time.perf_counter()
-        self._interpreter.invoke()
+    def detect_with_timing(self, image: ImageInput, *, bgr: bool = False) -> tuple[list[Detection], Timing]:
+        """:meth:`detect`, and how long each step took."""
+        started = time.perf_counter()
+        return self._timed(self.prepare(image, bgr=bgr), started)
+
+    def _timed(self, prepared: Prepared, started: float) -> tuple[list[Detection], Timing]:
+        prepared_at = time.perf_counter()
+        raw = self.run(prepared.tensor)
         invoked = time.perf_counter()
-        box_levels, box_quant = self._raw(self._box_outputs)
-        cls_levels, cls_quant = self._raw(self._cls_outputs)
-        boxes, scores, class_ids = postprocess(box_levels, cls_levels, channels_last=True, config=self._post,
-                                               strides=self._strides, box_quant=box_quant, cls_quant=cls_quant)
-        boxes = placement.to_image(boxes)
-        labels = self.info.labels
-        detections = [Detection(Box(*map(float, b)), float(s), int(c), labels[c] if c < len(labels) else str(c))
-                      for b, s, c in zip(boxes, scores, class_ids)]
+        detections = self.decode(raw, prepared.placement)
         finished = time.perf_counter()
-        self.timing = Timing((preprocessed - started) * 1e3, (invoked - preprocessed) * 1e3, (finished - invoked) * 1e3)
-        return detections
+        return detections, Timing((prepared_at - started) * 1e3, (invoked - prepared_at) * 1e3,
+                                  (finished - invoked) * 1e3)
 
     def detect_many(self, source: Source | Iterable[ImageInput], *, bgr: bool = False) -> Iterator[FrameResult]:
         """Detections frame by frame in ``source``: an image file, a folder (recursively), a video file, a
@@ -246,5 +284,6 @@ class Detector:
             if frame.error is not None:
                 yield FrameResult(frame, [])
             else:
-                detections = self._detect_rgb(frame.image, frame.full_size, time.perf_counter())
-                yield FrameResult(frame, detections, self.timing)
+                started = time.perf_counter()
+                detections, timing = self._timed(prepare(frame.image, self.info.input, frame.full_size), started)
+                yield FrameResult(frame, detections, timing)

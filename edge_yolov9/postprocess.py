@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .decode import decode_candidates, flatten_level, logit, make_anchors
+from .errors import EdgeYoloError
 from .model_file import STRIDES
 from .nms import nms
 
@@ -23,6 +24,23 @@ class PostprocessConfig:
     multi_label: bool = False
     max_candidates: int = 30000
     classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "iou_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise EdgeYoloError(f"{name}={value!r} is out of range",
+                                    "use a fraction in (0, 1], e.g. 0.25 for 25 % (not a percentage)")
+        for name in ("max_detections", "max_candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EdgeYoloError(f"{name}={value!r} is out of range", "use a whole number of at least 1")
+        if self.classes is not None:
+            classes = tuple(self.classes)
+            if not classes or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in classes):
+                raise EdgeYoloError(f"classes={self.classes!r} are not class ids", "pass class ids 0, 1, 2, ... "
+                                                                                   "(or None for every class)")
+            object.__setattr__(self, "classes", tuple(int(c) for c in classes))
 
     @classmethod
     def for_evaluation(cls) -> "PostprocessConfig":

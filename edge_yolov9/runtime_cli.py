@@ -15,19 +15,18 @@ import numpy as np
 
 from .cli import add_command, existing_file, float_arg, int_arg, print_result
 from .errors import OutputError, output_error, writing
+from .postprocess import PostprocessConfig
 
 logger = logging.getLogger(__name__)
 
 
-def _detector(args: argparse.Namespace):
+def _detector(args: argparse.Namespace, **postprocess_options: Any):
     from .detector import Detector
 
     labels = None
-    if getattr(args, "labels", None):
+    if args.labels:
         labels = [line.strip() for line in args.labels.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    return Detector(args.model, device=args.device, threads=args.threads, labels=labels,
-                    score_threshold=getattr(args, "conf", 0.25), iou_threshold=getattr(args, "iou", 0.45),
-                    max_detections=getattr(args, "max_det", 100), classes=getattr(args, "classes", None))
+    return Detector(args.model, device=args.device, threads=args.threads, labels=labels, **postprocess_options)
 
 
 def _check_save_folder(folder: Path) -> None:
@@ -81,7 +80,8 @@ def _detect(args: argparse.Namespace) -> int:
     kind, total = describe(args.source)  # a missing source fails before the model loads
     if args.save:
         _check_save_folder(args.save)
-    detector = _detector(args)
+    detector = _detector(args, score_threshold=args.conf, iou_threshold=args.iou, max_detections=args.max_det,
+                         classes=args.classes)
     failures = frames = 0
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(_json_lines(args.json)) if args.json else None
@@ -124,8 +124,7 @@ def _bench(args: argparse.Namespace) -> int:
     stages: dict[str, list[float]] = {"preprocess": [], "invoke": [], "postprocess": [], "total": []}
     started = time.perf_counter()
     for _ in range(args.runs):
-        detector.detect(image)
-        timing = vars(detector.timing)
+        timing = vars(detector.detect_with_timing(image)[1])
         for stage, value in timing.items():
             stages[stage].append(value)
         stages["total"].append(sum(timing.values()))
@@ -180,9 +179,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "skipped; the exit code is then 1.")
     _model_arguments(detect)
     detect.add_argument("source", type=_source, help="image, folder, video file or camera index")
-    detect.add_argument("--conf", type=float_arg(0, 1, low_open=True), default=0.25, help="score threshold")
-    detect.add_argument("--iou", type=float_arg(0, 1, low_open=True), default=0.45, help="NMS IoU threshold")
-    detect.add_argument("--max-det", type=int_arg(1), default=100, help="detections per image at most")
+    detect.add_argument("--conf", type=float_arg(0, 1, low_open=True), default=PostprocessConfig.score_threshold,
+                        help="score threshold")
+    detect.add_argument("--iou", type=float_arg(0, 1, low_open=True), default=PostprocessConfig.iou_threshold,
+                        help="NMS IoU threshold")
+    detect.add_argument("--max-det", type=int_arg(1), default=PostprocessConfig.max_detections,
+                        help="detections per image at most")
     detect.add_argument("--classes", type=int_arg(0), nargs="+", help="keep only these class ids")
     detect.add_argument("--save", type=Path, metavar="DIR", help="write annotated images here")
     detect.add_argument("--json", type=Path, metavar="FILE", help="write JSON lines here")

@@ -16,11 +16,9 @@ import threading
 import time
 from typing import Protocol, Sequence
 
-import numpy as np
-
 from edge_yolov9 import __version__
-from edge_yolov9.preprocess import letterbox
-from edge_yolov9.types import Box, Detection
+from edge_yolov9.detector import prepare
+from edge_yolov9.types import Detection
 
 from . import systemd
 from .capture import CapturedFrame, FrameSlot, SourceReader, describe_source
@@ -144,28 +142,27 @@ class Daemon:
             logger.warning("Skipped frame %s: %s", frame.name, frame.error.problem)
             return
         assert self.model is not None and frame.image is not None
-        canvas, placement = letterbox(frame.image, self.model.size)
+        prepared = prepare(frame.image, self.model.input)
         started = time.perf_counter()
         try:
-            found = self.detector.detect(canvas)
+            found = self.detector.detect(prepared)
         except DetectorUnavailable:  # logged, counted and reported by the detector; the next frame retries
             return
         self.stats.frame_detected((time.perf_counter() - started) * 1e3)
-        detections = self._keep(found, placement.to_image(np.array([d.box for d in found], np.float32).reshape(-1, 4)))
+        detections = self._keep(found)
         snapshot = Snapshot(frame.number, frame.timestamp, frame.image, tuple(detections))
         self.hub.publish(snapshot)
         self._dispatch(self.tracker.update(detections, frame.timestamp), snapshot)
 
-    def _keep(self, found: list[Detection], boxes: np.ndarray) -> list[Detection]:
-        """Detections in image pixels that pass ``objects.track`` and the per-label filters."""
+    def _keep(self, found: list[Detection]) -> list[Detection]:
+        """The detections that pass ``objects.track`` and the per-label filters."""
         objects = self.config.objects
         kept = []
-        for det, box in zip(found, boxes):
-            if objects.track and det.label not in objects.track:
+        for detection in found:
+            if objects.track and detection.label not in objects.track:
                 continue
-            rule = objects.filters.get(det.label)
-            detection = det._replace(box=Box(*map(float, box)))
-            if rule is not None and ((rule.min_score is not None and det.score < rule.min_score)
+            rule = objects.filters.get(detection.label)
+            if rule is not None and ((rule.min_score is not None and detection.score < rule.min_score)
                                      or detection.box.area < rule.min_area
                                      or (rule.max_area is not None and detection.box.area > rule.max_area)):
                 continue

@@ -2,8 +2,9 @@
 
 libedgetpu calls ``abort()`` on a USB transfer fault and an inference can hang when the Coral drops
 off the bus: in the daemon's own process either would end or freeze everything. Here the model runs
-in a child process; the parent sends it the letterboxed model input (small: 320x320x3 bytes) over a
-pipe and waits at most ``stall_timeout`` seconds for the detections. A child that dies or stalls is
+in a child process; the parent prepares each frame (``edge_yolov9.detector.prepare``: one letterbox) and
+sends the child the model input (small: 320x320x3 bytes) and its placement over a pipe; the child runs and
+decodes it, and the parent waits at most ``stall_timeout`` seconds for the detections in image pixels. A child that dies or stalls is
 killed and started again on the next frame, with back-off once it restarts ``max_restarts`` times
 within ``restart_window`` seconds (a Coral that keeps failing is not hammered).
 """
@@ -20,9 +21,10 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable
-import numpy as np
 
+from edge_yolov9.detector import Prepared
 from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.model_file import TensorSpec
 from edge_yolov9.types import Box, Detection
 
 from .config import ModelConfig, WatchdogConfig
@@ -40,7 +42,7 @@ class ModelSummary:
     """What the daemon needs to know of the model the child loaded."""
 
     labels: tuple[str, ...]
-    size: tuple[int, int]      # network input (height, width)
+    input: TensorSpec          # the network input the parent prepares frames for
     device: str
     path: str
 
@@ -57,14 +59,14 @@ def _child_main(connection: Connection, model: ModelConfig) -> None:
     except EdgeYoloError as err:
         connection.send(("error", err.problem, err.fix))
         return
-    connection.send(("ready", ModelSummary(tuple(detector.info.labels), tuple(detector.info.size),
-                                           detector.device_used, str(detector.model_path))))
+    connection.send(("ready", ModelSummary(tuple(detector.info.labels), detector.info.input, detector.device_used,
+                                           str(detector.model_path))))
     while True:
         try:
-            canvas = connection.recv()
+            tensor, placement = connection.recv()
         except (EOFError, OSError):
             return
-        detections = detector.detect(canvas)
+        detections = detector.decode(detector.run(tensor), placement)
         connection.send([(tuple(d.box), d.score, d.class_id, d.label) for d in detections])
 
 
@@ -135,15 +137,15 @@ class RemoteDetector:
         logger.info("Detector process %d ready: %s on %s", process.pid, self.summary.path, self.summary.device)
         return self.summary
 
-    def detect(self, canvas: np.ndarray) -> list[Detection]:
-        """Detections on ``canvas`` (the model input size, RGB), boxes in its pixels."""
+    def detect(self, prepared: Prepared) -> list[Detection]:
+        """Detections of a prepared frame (``edge_yolov9.detector.prepare``), boxes in the frame's pixels."""
         if self._connection is None:
             self._restart()
         assert self._connection is not None
         stuck = (f"an inference took longer than {self.watchdog.stall_timeout:g} s: the detector process is stuck "
                  "and was killed", "check the Coral's USB connection and power")
         try:
-            self._connection.send(canvas)
+            self._connection.send(tuple(prepared))
             if not self._connection.poll(self.watchdog.stall_timeout):
                 self._fail(*stuck, stalled=True)
             found = self._connection.recv()

@@ -428,22 +428,6 @@ def test_unreadable_calibration_images_are_skipped(tmp_path, coco128, caplog):
         list(calibration_set(tmp_path, 256).inputs())
 
 
-@pytest.mark.parametrize("imgsz", [256, 320, 416, 512, 640])
-def test_supported_input_sizes(imgsz):
-    from edge_yolov9.convert.pipeline import validate_imgsz
-
-    assert validate_imgsz(imgsz) == imgsz
-
-
-@pytest.mark.parametrize("imgsz", [224, 300, 672, 0])
-def test_unsupported_input_sizes_say_which_are(imgsz):
-    from edge_yolov9.convert.pipeline import validate_imgsz
-
-    with pytest.raises(EdgeYoloError, match=f"Input size {imgsz}") as err:
-        validate_imgsz(imgsz)
-    assert "256, 288, 320" in err.value.fix
-
-
 def test_512_conversion(out512, coco128):
     """The largest tested size (issue: 320, 416 and 512 tested), as the 416 run is checked: int8 I/O here,
     calibrated from an image folder."""
@@ -467,5 +451,5 @@ def test_512_conversion(out512, coco128):
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["input"]["size"] == [512, 512] and meta["calibration"]["images"] == 4 and meta["layout"] == "raw"
     detector = Detector(path, device="cpu", threads=1, score_threshold=0.001)
-    detector.detect(next((coco128 / "images" / "train2017").glob("*.jpg")))
-    assert detector.info.size == (512, 512) and detector.timing.invoke > 0
+    _, timing = detector.detect_with_timing(next((coco128 / "images" / "train2017").glob("*.jpg")))
+    assert detector.info.size == (512, 512) and timing.invoke > 0

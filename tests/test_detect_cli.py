@@ -236,3 +236,39 @@ def test_the_daemon_refuses_a_stale_sidecar_at_start_instead_of_crash_looping(st
     result = run_cli("serve", "--model", stale_copy, "--source", coco128 / "images" / "train2017", "--http-port", "0")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "does not match the model" in result.stderr and "model_int8.json" in result.stderr
+
+
+# --------------------------------------------------------------------------- the Detector's steps
+
+
+def test_the_three_steps_compose_detect(model, ball_image):
+    from edge_yolov9 import Detector as Exported
+    from edge_yolov9.detector import prepare
+
+    detector = Exported(model, device="cpu", threads=1)
+    prepared = detector.prepare(ball_image)
+    assert prepared.tensor.shape == (1, 320, 320, 3) and prepared.tensor.dtype == np.int8
+    raw = detector.run(prepared.tensor)
+    assert [level.shape[:2] for level in raw.box_levels] == [(40, 40), (20, 20), (10, 10)]
+    stepwise = detector.decode(raw, prepared.placement)
+    assert stepwise == detector.detect(ball_image) and stepwise
+    image = np.asarray(Image.open(ball_image).convert("RGB"))
+    again = prepare(image, detector.info.input)  # what the daemon's parent does, without an interpreter
+    np.testing.assert_array_equal(again.tensor, prepared.tensor)
+    detections, timing = detector.detect_with_timing(image)
+    assert detections == stepwise and timing.invoke > 0 and timing.postprocess > 0
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"score_threshold": 25}, "score_threshold=25 is out of range"),
+    ({"iou_threshold": 0}, "iou_threshold=0 is out of range"),
+    ({"max_detections": 0}, "max_detections=0 is out of range"),
+    ({"classes": [-1]}, "are not class ids"),
+])
+def test_postprocess_options_are_validated_once(model, options, says):
+    from edge_yolov9 import PostprocessConfig
+
+    with pytest.raises(EdgeYoloError, match=says):
+        PostprocessConfig(**options)
+    with pytest.raises(EdgeYoloError, match=says):
+        Detector(model, device="cpu", **options)

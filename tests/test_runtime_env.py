@@ -277,6 +277,7 @@ def test_default_install_commands_of_missing_extras_name_the_extra(default_venv,
     for command in ("models", "import", "val", "convert", "detect", "bench", "doctor"):
         assert command in done.stdout
     (tmp_path / "clip.avi").write_bytes(b"RIFF")
+    (tmp_path / "x.pt").write_bytes(b"")  # an existing file: the missing extra is what stops `val`
     for args, extra in ((["models"], "train"), (["val", "--model", "x.pt", "--data", "d.yaml"], "train"),
                         (["convert", "--model", "x.pt", "--imgsz", "320", "--calib", "d", "-o", "o"], "convert"),
                         (["detect", str(model), str(tmp_path / "clip.avi")], "video")):

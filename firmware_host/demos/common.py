@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from edge_yolov9.cli import float_arg, int_arg
 from edge_yolov9.detector import Detector
 from edge_yolov9.errors import EdgeYoloError
 from edge_yolov9.sources import Frame, iter_frames, opencv
@@ -21,9 +22,9 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a .tflite from `edge-yolov9 convert` (or its _edgetpu file)")
     parser.add_argument("--source", default="0", help="camera index, video file or stream URL (default: camera 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, usb, usb:N, pci")
-    parser.add_argument("--conf", type=float, default=0.4, help="score threshold")
+    parser.add_argument("--conf", type=float_arg(0, 1, low_open=True), default=0.4, help="score threshold")
     parser.add_argument("--output", type=Path, help="write the annotated video here instead of showing a window")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--max-frames", type=int_arg(1), help="stop after this many frames")
     return parser
 
 

@@ -20,8 +20,9 @@ from .common import Display, arguments, run
 
 
 def annotate(frame: Frame, detector: Detector, display: Display) -> Image.Image:
-    canvas = draw_detections(frame.image, detector.detect(frame.image))
-    ImageDraw.Draw(canvas).text((8, 8), f"{display.rate:.1f} FPS  {detector.timing.invoke:.1f} ms "
+    detections, timing = detector.detect_with_timing(frame.image)
+    canvas = draw_detections(frame.image, detections)
+    ImageDraw.Draw(canvas).text((8, 8), f"{display.rate:.1f} FPS  {timing.invoke:.1f} ms "
                                         f"{detector.device_used}", fill=(255, 255, 0))
     return canvas
 
