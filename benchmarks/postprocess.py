@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_yolov9.model_file import STRIDES
 from edge_yolov9.postprocess import PostprocessConfig, postprocess
 
-STRIDES = (8, 16, 32)
 NUM_CLASSES = 80
 BOX_QUANT = (0.25, 0)      # box bin logits in [-32, 32)
 CLS_QUANT = (1 / 16, 0)    # the converter fixes class logits to this scale (range -8 .. 7.94)

@@ -6,9 +6,8 @@ dataset sorted by scene or class is still sampled across its whole range.
 
 Images whose activations peak far above the other images' are left out (:meth:`CalibrationSet.
 without_outliers`): each activation tensor gets one int8 range for all inputs, and a few such images
-stretch the ranges of the whole network for every other image. On a well-trained yolov9-t, 13 of 300
-calibration images did that (peaks over 3 times the median image's in a quarter of the layers or more);
-leaving them out took the int8 loss from 3.4 AP to 0.2 AP (benchmarks/RESULTS.md).
+stretch the ranges of the whole network for every other image (what that costs and what leaving them
+out recovers is measured in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

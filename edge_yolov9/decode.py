@@ -73,31 +73,36 @@ def distances_to_boxes(distances: np.ndarray, anchors: np.ndarray, strides: np.n
     return np.concatenate([anchors - scaled[:, :2], anchors + scaled[:, 2:]], axis=1)
 
 
+def select_classes(logits: np.ndarray, cut: float, *, multi_label: bool = False,
+                   classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and class ids of the (anchor, class) pairs whose logit is above ``cut``: every such class of
+    an anchor (``multi_label``, the COCO-evaluation convention) or only its best; ``classes`` limits the
+    classes looked at. The one place the score threshold and the class filter apply; ``logits`` may be the
+    raw integers of a quantized output with ``cut`` in the same units."""
+    watched = sorted(set(classes)) if classes is not None else None
+    values = logits if watched is None else logits[:, watched]
+    if multi_label:
+        rows, columns = np.nonzero(values > cut)
+    else:
+        best = values.argmax(axis=1)
+        rows = np.flatnonzero(values[np.arange(len(values)), best] > cut)
+        columns = best[rows]
+    class_ids = columns if watched is None else np.asarray(watched, dtype=np.int64)[columns]
+    return rows, class_ids.astype(np.int64)
+
+
+def decode_boxes(box_bins: np.ndarray, anchors: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """(N, 4 * reg_max) box bins of N anchors to (N, 4) xyxy boxes in input pixels."""
+    return distances_to_boxes(dfl_distances(box_bins, box_bins.shape[1] // 4), anchors, strides).astype(np.float32)
+
+
 def decode_candidates(box_bins: np.ndarray, cls_logits: np.ndarray, anchors: np.ndarray, strides: np.ndarray,
                       *, score_threshold: float, multi_label: bool = False,
                       classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes (N, 4) xyxy in input pixels, scores (N,), class ids (N,) of every candidate above the threshold.
-
-    The threshold is applied to logits before anything else, so only survivors pay for the
-    softmax. ``multi_label`` keeps every class above the threshold per anchor (COCO evaluation);
-    otherwise only each anchor's best class.
-    """
+    """Boxes (N, 4) xyxy in input pixels, scores (N,), class ids (N,) of every candidate above the threshold
+    (float logits). The threshold is applied to logits first, so only survivors pay for the softmax."""
     logits = cls_logits.astype(np.float32, copy=False)
-    if classes is not None:
-        masked = np.full_like(logits, -np.inf)
-        masked[:, list(classes)] = logits[:, list(classes)]
-        logits = masked
-    cut = logit(score_threshold)
-    if multi_label:
-        anchor_idx, class_ids = np.nonzero(logits > cut)
-        chosen = logits[anchor_idx, class_ids]
-    else:
-        class_ids = logits.argmax(axis=1)
-        chosen = logits[np.arange(len(logits)), class_ids]
-        anchor_idx = np.nonzero(chosen > cut)[0]
-        class_ids, chosen = class_ids[anchor_idx], chosen[anchor_idx]
-    reg_max = box_bins.shape[1] // 4
-    unique_anchors, inverse = np.unique(anchor_idx, return_inverse=True)
-    boxes = distances_to_boxes(dfl_distances(box_bins[unique_anchors], reg_max),
-                               anchors[unique_anchors], strides[unique_anchors])[inverse]
-    return boxes.astype(np.float32), sigmoid(chosen).astype(np.float32), class_ids.astype(np.int64)
+    rows, class_ids = select_classes(logits, logit(score_threshold), multi_label=multi_label, classes=classes)
+    unique_rows, inverse = np.unique(rows, return_inverse=True)
+    boxes = decode_boxes(box_bins[unique_rows], anchors[unique_rows], strides[unique_rows])[inverse]
+    return boxes, sigmoid(logits[rows, class_ids]).astype(np.float32), class_ids

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decode import decode_candidates, flatten_level, logit, make_anchors
+from .decode import decode_boxes, flatten_level, logit, make_anchors, select_classes, sigmoid
 from .errors import EdgeYoloError
 from .model_file import STRIDES
 from .nms import nms
@@ -55,34 +55,32 @@ def _anchors(level_shapes: tuple[tuple[int, int], ...], strides: tuple[int, ...]
 Quantization = tuple[float, int]  # (scale, zero_point): real = (q - zero_point) * scale
 
 
-def _candidate_rows(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarray], channels_last: bool,
-                    box_quant: Sequence[Quantization] | None, cls_quant: Sequence[Quantization] | None,
-                    threshold: float, classes: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Anchor indices, box bins and class logits (float) of the anchors whose best watched class is above
-    the threshold. The test runs on the raw (possibly int8) maps, so only candidates are dequantized."""
-    cut = logit(threshold)
-    indices, boxes, logits = [], [], []
+def _candidates(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarray], channels_last: bool,
+                box_quant: Sequence[Quantization] | None, cls_quant: Sequence[Quantization] | None,
+                config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Anchor indices, class ids and class logits (float) of the (anchor, class) pairs above the threshold,
+    and the box bins (float) of each pair's anchor. The selection runs on the raw (possibly int8) maps, so
+    only what passes is dequantized."""
+    cut = logit(config.score_threshold)
+    anchors, class_ids, logits, boxes = [], [], [], []
     start = 0
     for level, (box, cls) in enumerate(zip(box_levels, cls_levels)):
         box, cls = flatten_level(box, channels_last), flatten_level(cls, channels_last)
-        watched = cls if classes is None else cls[:, list(classes)]
-        level_cut = cut
+        level_cut = cut if cls_quant is None else cut / cls_quant[level][0] + cls_quant[level][1]
+        rows, ids = select_classes(cls, level_cut, multi_label=config.multi_label, classes=config.classes)
+        chosen, box_rows = cls[rows, ids], box[rows]
         if cls_quant is not None:
             scale, zero = cls_quant[level]
-            level_cut = cut / scale + zero
-        rows = np.flatnonzero(watched.max(axis=1) > level_cut)
-        box_rows, cls_rows = box[rows], cls[rows]
+            chosen = (chosen.astype(np.float32) - zero) * np.float32(scale)
         if box_quant is not None:
             scale, zero = box_quant[level]
             box_rows = (box_rows.astype(np.float32) - zero) * np.float32(scale)
-        if cls_quant is not None:
-            scale, zero = cls_quant[level]
-            cls_rows = (cls_rows.astype(np.float32) - zero) * np.float32(scale)
-        indices.append(rows + start)
+        anchors.append(rows + start)
+        class_ids.append(ids)
+        logits.append(chosen.astype(np.float32, copy=False))
         boxes.append(box_rows.astype(np.float32, copy=False))
-        logits.append(cls_rows.astype(np.float32, copy=False))
         start += len(box)
-    return np.concatenate(indices), np.concatenate(boxes), np.concatenate(logits)
+    return np.concatenate(anchors), np.concatenate(class_ids), np.concatenate(logits), np.concatenate(boxes)
 
 
 def postprocess(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarray], *, channels_last: bool,
@@ -97,11 +95,10 @@ def postprocess(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarra
     """
     shapes = tuple(tuple(int(v) for v in (lvl.shape[:2] if channels_last else lvl.shape[1:])) for lvl in box_levels)
     anchors, anchor_strides = _anchors(shapes, tuple(strides))
-    rows, box_bins, cls_logits = _candidate_rows(box_levels, cls_levels, channels_last, box_quant, cls_quant,
-                                                 config.score_threshold, config.classes)
-    boxes, scores, class_ids = decode_candidates(
-        box_bins, cls_logits, anchors[rows], anchor_strides[rows], score_threshold=config.score_threshold,
-        multi_label=config.multi_label, classes=config.classes)
+    rows, class_ids, logits, box_bins = _candidates(box_levels, cls_levels, channels_last, box_quant, cls_quant, config)
+    unique_rows, first, inverse = np.unique(rows, return_index=True, return_inverse=True)  # multi-label repeats
+    boxes = decode_boxes(box_bins[first], anchors[unique_rows], anchor_strides[unique_rows])[inverse.reshape(-1)]
+    scores = sigmoid(logits)
     if len(scores) > config.max_candidates:
         top = np.argpartition(-scores, config.max_candidates)[:config.max_candidates]
         boxes, scores, class_ids = boxes[top], scores[top], class_ids[top]
