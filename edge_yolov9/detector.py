@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .errors import EdgeYoloError, ModelError
+from .edgetpu_probe import usable_edgetpu
 from .interpreter import Backend, Device, RuntimeSetupError, find_backend, load_edgetpu_delegate, parse_device
 from .decode import level_shapes, split_levels
 from .model_file import ModelInfo, TensorSpec, check_model_info, cpu_twin, cpu_twin_path, infer_model_info, \
@@ -124,12 +125,17 @@ class Detector:
         config: the post-processing (thresholds, classes); or give its fields as keywords:
             ``score_threshold``, ``iou_threshold``, ``max_detections``, ``multi_label`` (a box once for each
             class above the threshold, the COCO-evaluation convention) and ``classes`` (ids to keep).
-        backend: the interpreter package to use (default: the one ``edge-yolov9 doctor`` finds).
+        backend: the interpreter package to use (default: on the CPU ai-edge-litert, else tflite-runtime; on
+            the Edge TPU the one that pairs with libedgetpu, see ``edge_yolov9.edgetpu_probe``).
+        edgetpu_library: the libedgetpu to load (default: ``$EDGE_YOLOV9_LIBEDGETPU``, else the system's).
+            It is probed in a child process first: a library that crashes raises a RuntimeSetupError
+            (with 'auto': the CPU twin runs, and ``fallback_reason`` says why).
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  labels: Sequence[str] | None = None, *, config: PostprocessConfig | None = None,
-                 backend: str | None = None, **postprocess_options: Any):
+                 backend: str | None = None, edgetpu_library: str | os.PathLike | None = None,
+                 **postprocess_options: Any):
         if config is not None and postprocess_options:
             raise TypeError(f"pass either config or its fields, not both ({', '.join(postprocess_options)})")
         if threads is not None and threads < 1:
@@ -137,6 +143,8 @@ class Detector:
                                 "pass threads >= 1, or None for all cores")
         self.config = config if config is not None else PostprocessConfig(**postprocess_options)
         self.model, self.device, self.threads, self.labels, self.backend = model, device, threads, labels, backend
+        self.edgetpu_library = edgetpu_library
+        self.fallback_reason: str | None = None  # why 'auto' runs the CPU twin of an Edge TPU model
         requested = parse_device(device)
         path, tflite, delegate = self._choose_model_file(Path(model), requested)
         self.model_path = path
@@ -147,7 +155,7 @@ class Detector:
                                                           num_threads=threads or os.cpu_count())
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
-            raise ModelError(f"The interpreter cannot load {path}: {err}",
+            raise ModelError(f"The interpreter ({self._backend.name} {self._backend.version}) cannot load {path}: {err}",
                              "re-convert the model with `edge-yolov9 convert`; if it was compiled for the Edge TPU, "
                              "match libedgetpu to the compiler (see `edge-yolov9 doctor`)") from None
         info = read_model_info(path, tflite)
@@ -166,29 +174,33 @@ class Detector:
         self._bind_tensors()
 
     def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile, Any]:
-        """The file to run and, for an Edge TPU model, its delegate (loaded once, here). An Edge TPU
-        model needs a TPU; without one ('auto' or 'cpu') its CPU twin runs."""
+        """The file to run and, for an Edge TPU model, its delegate (loaded once, here, after a child
+        process saw the library and interpreter run the model: ``edgetpu_probe``). An Edge TPU model needs
+        a TPU; without one ('auto' or 'cpu') its CPU twin runs."""
         tflite = self._read(path)
         if not tflite.compiled_for_edgetpu and requested.wants_tpu:
             raise ModelError(f"{path} is a CPU model, not compiled for the Edge TPU (device {self.device!r})",
                              "compile it: edge-yolov9 convert --edgetpu ..., or use device='cpu'")
-        self._backend: Backend = find_backend(self.backend)
         if not tflite.compiled_for_edgetpu:
+            self._backend: Backend = find_backend(self.backend)
             return path, tflite, None
-        if requested.wants_tpu:
-            return path, tflite, load_edgetpu_delegate(self._backend, requested)
         twin = cpu_twin(path)
-        if requested.kind == "auto":
+        if requested.kind != "cpu":
+            device = requested if requested.wants_tpu else Device("tpu")
             try:
-                return path, tflite, load_edgetpu_delegate(self._backend, Device("tpu"))
+                library, name = usable_edgetpu(path, device, self.edgetpu_library, self.backend)
+                self._backend = find_backend(name)
+                return path, tflite, load_edgetpu_delegate(self._backend, device, library)
             except RuntimeSetupError as err:
-                if twin is None:
+                if requested.kind != "auto" or twin is None:
                     raise
+                self.fallback_reason = err.problem
                 logger.warning("No usable Edge TPU (%s); running the CPU model %s instead", err.problem, twin)
         if twin is None:
             raise ModelError(f"{path} is compiled for the Edge TPU and cannot run on the CPU",
                              f"use the CPU model it was compiled from (expected "
                              f"{(cpu_twin_path(path) or Path('model.tflite')).name} beside it), or pass device='usb'/'pci'")
+        self._backend = find_backend(self.backend)
         return twin, self._read(twin), None
 
     @staticmethod

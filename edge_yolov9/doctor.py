@@ -1,10 +1,12 @@
 """``edge-yolov9 doctor``: each thing the runtime needs, OK or the fix; with ``--model``, also what
-that model needs (a readable file, metadata, for an Edge TPU model the TPU or its CPU twin)."""
+that model needs (a readable file, metadata, for an Edge TPU model the TPU or its CPU twin).
+
+libedgetpu is probed the way the Detector probes it, in a child process (``edgetpu_probe``): a library that
+crashes is reported as a crash of that library, with the interpreter pair to install."""
 
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import platform
 import sys
 from dataclasses import dataclass
@@ -15,8 +17,9 @@ import numpy as np
 from .detector import Detector
 from .model_file import cpu_twin, cpu_twin_path, metadata_origin, read_model_info
 from .errors import EdgeYoloError
-from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, RuntimeSetupError, coral_pci_devices, coral_usb_devices,
-                          find_backend, libedgetpu_path, numpy_abi_problem)
+from .edgetpu_probe import candidates, pair_advice, pairing, probe, probe_failure, usable_edgetpu
+from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, Device, RuntimeSetupError, coral_pci_devices,
+                          coral_usb_devices, find_backend, find_libedgetpu, installed_backends)
 from .tflite_file import read_tflite
 
 MIN_PYTHON = (3, 9)
@@ -32,13 +35,6 @@ class Check:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix, "required": self.required}
-
-
-def _installed(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def libedgetpu_version(library: str) -> str:
@@ -57,25 +53,16 @@ def run_checks(model: Path | None = None) -> list[Check]:
                     f"Python {platform.python_version()} on {platform.system()} {platform.machine()}",
                     f"use Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}"),
               Check("numpy", True, f"NumPy {np.__version__}")]
+    installed = dict(installed_backends())
     for name in BACKENDS:
-        version = _installed(name)
-        if version is None:
-            checks.append(Check(name, False, "not installed", required=False))
-        else:
-            clash = numpy_abi_problem(name)
-            checks.append(Check(name, clash is None, clash or f"{name} {version}",
-                                "pip install 'numpy<2' in this environment, or use ai-edge-litert" if clash else "",
-                                required=False))
+        checks.append(Check(name, name in installed, f"{name} {installed[name]}" if name in installed
+                            else "not installed", required=False))
     try:
         backend = find_backend()
         checks.append(Check("interpreter", True, f"using {backend.name} {backend.version}"))
     except RuntimeSetupError as err:
         checks.append(Check("interpreter", False, err.problem, err.fix or ""))
-
-    library = libedgetpu_path()
-    checks.append(Check("libedgetpu", library is not None,
-                        f"{library} ({libedgetpu_version(library)})" if library else "Edge TPU runtime not found",
-                        "" if library else INSTALL_LIBEDGETPU, required=False))
+    checks += libedgetpu_checks()
     usb, pci = coral_usb_devices(), coral_pci_devices()
     devices = usb + pci
     checks.append(Check("coral devices", bool(devices), "; ".join(devices) if devices else "none found",
@@ -84,18 +71,44 @@ def run_checks(model: Path | None = None) -> list[Check]:
     return checks + (model_checks(model) if model is not None else [])
 
 
+def libedgetpu_checks() -> list[Check]:
+    """The Edge TPU runtime: which build, whether an installed interpreter is a known pair for it, and
+    whether it creates its delegate in a child process (a crash there is reported, not suffered)."""
+    try:
+        library = find_libedgetpu()
+    except RuntimeSetupError as err:
+        return [Check("libedgetpu", False, err.problem, err.fix or "", required=False)]
+    if library is None:
+        return [Check("libedgetpu", False, "Edge TPU runtime not found", INSTALL_LIBEDGETPU, required=False)]
+    checks = [Check("libedgetpu", True, f"{library}: {libedgetpu_version(library.path)}", required=False)]
+    choices = candidates(library, installed_backends())
+    if not choices:
+        return checks
+    name, version, verdict = choices[0]
+    source = pairing(library.tf_version, name, version)[1]
+    checks.append(Check("edge tpu pairing", verdict == "works", f"{name} {version} with this libedgetpu: "
+                        f"{'a known-good pair' if verdict == 'works' else verdict} ({source})",
+                        "" if verdict == "works" else pair_advice(library), required=False))
+    result = probe(library, name, version, Device("tpu"))
+    if result.outcome in ("crash", "hang"):
+        failure = probe_failure(library, [(name, version, result)], Device("tpu"))
+        checks.append(Check("edge tpu probe", False, failure.problem, failure.fix or "", required=False))
+    else:  # 'error' without a Coral is the usual "no device": the device check says what to do
+        checks.append(Check("edge tpu probe", result.ok, f"with {name} {version} the delegate {result.detail} "
+                            "(in a child process)", required=False))
+    return checks
+
+
 def _edgetpu_checks(path: Path) -> list[Check]:
     """An Edge TPU model runs on a TPU (libedgetpu and a device) or, failing that, on its CPU twin:
     one of the two is required."""
-    library, devices, twin = libedgetpu_path(), coral_usb_devices() + coral_pci_devices(), cpu_twin(path)
+    twin = cpu_twin(path)
     fallback = f"; until then its CPU twin {twin.name} runs (slower)" if twin else ""
-    if library is None:
-        detail, fix = "the model needs libedgetpu, which is not installed", INSTALL_LIBEDGETPU + fallback
-    elif not devices:
-        detail, fix = "libedgetpu is installed but no Coral device is present", (
-            "plug the Coral USB Accelerator into a USB 3 port (or install gasket-dkms for M.2/PCIe)" + fallback)
-    else:
-        detail, fix = f"{library} and {devices[0]}", ""
+    try:
+        library, name = usable_edgetpu(path, Device("tpu"))
+        detail, fix = f"{library} runs it with {name} (probed in a child process)", ""
+    except RuntimeSetupError as err:
+        detail, fix = err.problem, (err.fix or "") + fallback
     ready = not fix
     return [Check("model: edge tpu", ready, detail, fix, required=twin is None),
             Check("model: cpu twin", twin is not None,

@@ -1,10 +1,10 @@
 """Finding a TFLite interpreter and the Edge TPU delegate, with diagnoses instead of stack traces.
 
 Two interpreter packages exist: ``ai-edge-litert`` (current; wheels for x86_64 and aarch64, none for
-32-bit ARM; its last for Python 3.9 is 2.1.0) and the legacy ``tflite-runtime`` (last release 2.14,
-also for armv7l, Python <= 3.11, built against NumPy 1: it imports under NumPy 2 but fails on first
-use). Edge TPU devices are named as pycoral and Frigate name them: ``usb``, ``usb:0``, ``pci``,
-``pci:0``, or ``:0`` for the first TPU of any kind.
+32-bit ARM; its last for Python 3.9 is 2.1.0) and the legacy ``tflite-runtime`` (2.14 on PyPI, also for
+armv7l; newer builds, paired with libedgetpu, come from github.com/feranick/TFlite-builds). Which of them
+works with the installed libedgetpu is settled by ``edgetpu_probe``. Edge TPU devices are named as pycoral
+and Frigate name them: ``usb``, ``usb:0``, ``pci``, ``pci:0``, or ``:0`` for the first TPU of any kind.
 """
 
 from __future__ import annotations
@@ -13,18 +13,26 @@ import ctypes.util
 import glob
 import importlib
 import importlib.metadata
+import os
 import platform
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from .errors import EdgeYoloError
 
 BACKENDS = {"ai-edge-litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+LIBRARY_VARIABLE = "EDGE_YOLOV9_LIBEDGETPU"  # a libedgetpu of the user's choice (a path)
+# Where the packages put libedgetpu (Debian/Raspberry Pi OS: /usr/lib/<triplet>; macOS: Homebrew, /usr/local).
+LIBRARY_FOLDERS = ("/usr/lib/*-linux-gnu", "/lib/*-linux-gnu", "/usr/lib", "/usr/local/lib", "/opt/homebrew/lib")
+# A dpkg version of libedgetpu1-std/-max: Coral's own "16.0" (built against TF 2.5), or a community build
+# "16.0tf2.17.1-1.bookworm" (github.com/feranick/libedgetpu: built against TF 2.17.1).
+DPKG_VERSION = re.compile(r"^(?:\d+:)?(?P<release>\d+\.\d+)(?:tf(?P<tf>\d+\.\d+(?:\.\d+)?))?")
+CORAL_TF_VERSION = "2.5"  # what Coral's apt packages (version exactly 16.0) are built against
 # USB ids of the Coral USB Accelerator: before its firmware is loaded, and once it is ready.
 CORAL_USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (bootloader; firmware loads on first use)",
                  ("18d1", "9302"): "Coral USB Accelerator (ready)"}
@@ -60,13 +68,9 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
-def numpy_abi_problem(backend_name: str, numpy_version: str = np.__version__) -> str | None:
-    """Why ``backend_name`` cannot work with this NumPy, or None. tflite-runtime wheels (<= 2.14) are
-    compiled against NumPy 1 and fail on first use under NumPy 2."""
-    if backend_name == "tflite-runtime" and int(numpy_version.split(".")[0]) >= 2:
-        return (f"tflite-runtime {_package_version('tflite-runtime')} was built for NumPy 1 but NumPy "
-                f"{numpy_version} is installed: it imports, then fails on first use (_ARRAY_API not found)")
-    return None
+def installed_backends() -> list[tuple[str, str]]:
+    """(name, version) of each interpreter package installed, without importing it."""
+    return [(name, version) for name in BACKENDS for version in [_package_version(name)] if version != "unknown"]
 
 
 def find_backend(prefer: str | None = None) -> Backend:
@@ -78,18 +82,15 @@ def find_backend(prefer: str | None = None) -> Backend:
             raise RuntimeSetupError(f"Unknown interpreter {name!r}", f"choose one of {', '.join(BACKENDS)}")
         try:
             module = importlib.import_module(BACKENDS[name])
-        except ImportError as err:
-            problems.append(f"{name}: not installed ({err})")
-            continue
-        clash = numpy_abi_problem(name)
-        if clash:
-            problems.append(clash)
+        except (ImportError, AttributeError) as err:  # AttributeError: a NumPy 1 build under NumPy 2
+            installed = _package_version(name) != "unknown"
+            problems.append(f"{name}: {'cannot be imported' if installed else 'not installed'} ({err})")
             continue
         return Backend(name, _package_version(name), module)
     raise RuntimeSetupError(
         "No usable TFLite interpreter: " + "; ".join(problems),
         "pip install ai-edge-litert; where it has no wheel (32-bit ARM: armv7l, armv6l) pip install "
-        "tflite-runtime 'numpy<2' (Python <= 3.11)")
+        "tflite-runtime (with 'numpy<2' if it says it was built for NumPy 1)")
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,63 @@ def coral_pci_devices() -> list[str]:
     return sorted(glob.glob("/dev/apex_*"))
 
 
-def libedgetpu_path() -> str | None:
-    """Where the Edge TPU runtime library is, or None when it is not installed."""
+@dataclass(frozen=True)
+class EdgeTpuLibrary:
+    """An Edge TPU runtime library: where it is, who chose it, and (from dpkg) its package and the
+    TensorFlow version it was built against, when known."""
+
+    path: str
+    origin: str                     # "the system", "$EDGE_YOLOV9_LIBEDGETPU", "edgetpu_library="
+    package: str | None = None      # e.g. "libedgetpu1-max 16.0tf2.17.1-1.bookworm"
+    tf_version: str | None = None   # e.g. "2.17.1"; "2.5" for Coral's own 16.0
+
+    def __str__(self) -> str:
+        built = f", built for TensorFlow {self.tf_version}" if self.tf_version else ""
+        package = f"{self.package}{built}" if self.package else f"from {self.origin}{built}"
+        return f"{self.path} ({package})"
+
+
+def dpkg_libedgetpu() -> tuple[str, str | None] | None:
+    """The installed libedgetpu1-* package ("name version") and the TensorFlow version it was built
+    against (None when its version does not say), or None without dpkg or such a package."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", "libedgetpu1-*"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        name, _, version = line.strip().partition(" ")
+        match = DPKG_VERSION.match(version.strip())
+        if name and match:  # a package dpkg knows of but has not installed has no version
+            tf = match["tf"] or (CORAL_TF_VERSION if version.strip() == "16.0" else None)
+            return f"{name} {version.strip()}", tf
+    return None
+
+
+def find_libedgetpu(path: str | os.PathLike | None = None) -> EdgeTpuLibrary | None:
+    """The Edge TPU runtime to use: ``path`` (the Detector's ``edgetpu_library``), else
+    ``$EDGE_YOLOV9_LIBEDGETPU``, else the system's; None when none is installed. A path given that is no
+    file is an error (a typo must not silently run another library)."""
+    for given, origin in ((path, "edgetpu_library="), (os.environ.get(LIBRARY_VARIABLE), f"${LIBRARY_VARIABLE}")):
+        if given:
+            if not Path(given).is_file():
+                raise RuntimeSetupError(f"{origin} names {os.fspath(given)}, which is not a file",
+                                        "point it at libedgetpu.so.1, or leave it unset to use the system's")
+            return EdgeTpuLibrary(os.fspath(given), origin)
     name = EDGETPU_LIBRARY.get(platform.system())
     if name is None:
         return None
-    try:
-        ctypes.CDLL(name)
-        return name
-    except OSError:
-        return ctypes.util.find_library("edgetpu")
+    folders = [f for f in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if f]
+    found = next((str(p) for pattern in [*folders, *LIBRARY_FOLDERS] for folder in sorted(glob.glob(pattern))
+                  for p in [Path(folder) / name] if p.is_file()), None) or ctypes.util.find_library("edgetpu")
+    if found is None:
+        return None
+    package = dpkg_libedgetpu()
+    return EdgeTpuLibrary(found, "the system", *(package or (None, None)))
 
 
-def _tpu_diagnosis(device: Device) -> str:
-    if libedgetpu_path() is None:
-        return INSTALL_LIBEDGETPU
+def tpu_diagnosis(device: Device) -> str:
+    """Why an installed libedgetpu found no usable ``device``, and the fix."""
     usb, pci = coral_usb_devices(), coral_pci_devices()
     if device.kind == "usb" or (device.kind == "tpu" and not pci):
         if not usb:
@@ -171,17 +214,25 @@ def _tpu_diagnosis(device: Device) -> str:
     return f"{', '.join(pci)} exists but could not be opened: add your user to the apex group (udev rule of gasket-dkms)"
 
 
-def load_edgetpu_delegate(backend: Backend, device: Device):
-    """The Edge TPU delegate for ``device``; a RuntimeSetupError that says what to fix otherwise."""
-    library = EDGETPU_LIBRARY.get(platform.system())
+def require_libedgetpu(path: str | os.PathLike | None = None) -> EdgeTpuLibrary:
+    """:func:`find_libedgetpu`, or the RuntimeSetupError that says how to install it."""
+    library = find_libedgetpu(path)
     if library is None:
-        raise RuntimeSetupError(f"The Edge TPU runtime does not exist for {platform.system()}", "run on the CPU")
-    if libedgetpu_path() is None:
-        # Checked first: a failed load_delegate leaves a half-built Delegate whose __del__ raises.
-        raise RuntimeSetupError(f"The Edge TPU runtime ({library}) is not installed", INSTALL_LIBEDGETPU)
+        name = EDGETPU_LIBRARY.get(platform.system())
+        if name is None:
+            raise RuntimeSetupError(f"The Edge TPU runtime does not exist for {platform.system()}", "run on the CPU")
+        raise RuntimeSetupError(f"The Edge TPU runtime ({name}) is not installed", INSTALL_LIBEDGETPU)
+    return library
+
+
+def load_edgetpu_delegate(backend: Backend, device: Device, library: EdgeTpuLibrary | None = None):
+    """The Edge TPU delegate for ``device`` from ``library`` (default: the system's), in this process:
+    call it once ``edgetpu_probe`` has seen it work. A RuntimeSetupError that says what to fix otherwise."""
+    # Checked first: a failed load_delegate leaves a half-built Delegate whose __del__ raises.
+    library = library or require_libedgetpu()
     try:
-        return backend.module.load_delegate(library, device.delegate_options())
+        return backend.module.load_delegate(library.path, device.delegate_options())
     except (ValueError, OSError, RuntimeError) as err:
-        raise RuntimeSetupError(f"Cannot load the Edge TPU delegate ({library}) for device {device}: {err}",
-                                _tpu_diagnosis(device)) from None
+        raise RuntimeSetupError(f"Cannot load the Edge TPU delegate ({library.path}) for device {device}: {err}",
+                                tpu_diagnosis(device)) from None
 

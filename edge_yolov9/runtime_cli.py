@@ -201,8 +201,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", action="store_true", help="print JSON")
     doctor = add_command(
         subparsers, "doctor", _doctor, help="check this machine for what the runtime and the Coral need",
-        description="Check Python, NumPy, the TFLite interpreter packages (and the NumPy 2 clash of "
-                    "tflite-runtime), the Edge TPU runtime (libedgetpu) and Coral devices on USB and PCIe; "
+        description="Check Python, NumPy, the TFLite interpreter packages, the Edge TPU runtime (libedgetpu: "
+                    "its build, the interpreter it pairs with, and a load of its delegate in a child process) "
+                    "and Coral devices on USB and PCIe; "
                     "with --model, that the model reads as TFLite, has metadata, that an Edge TPU model has "
                     "its TPU or a CPU twin, and that the interpreter loads it. Each line is OK or says the fix. "
                     "Exit 1 when a required check fails.")

@@ -80,3 +80,53 @@ def test_edgetpu_model_needs_a_tpu_or_its_cpu_twin(out320, tmp_path, capsys):
     capsys.readouterr()
     assert main(["doctor", "--model", str(compiled)]) == 1
     assert "[FAIL] model: cpu twin" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- libedgetpu, probed in a child
+
+
+@pytest.fixture
+def fake_library(tmp_path_factory, monkeypatch):
+    """Point the runtime at a fake libedgetpu of the given behaviour (support.fake_libedgetpu)."""
+    from support.fake_libedgetpu import build_fake_libedgetpu
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+    def use(behaviour: str):
+        library = build_fake_libedgetpu(tmp_path_factory.mktemp("lib"), behaviour)
+        monkeypatch.setenv("EDGE_YOLOV9_LIBEDGETPU", str(library))
+        return library
+    return use
+
+
+@pytest.mark.runtime
+def test_doctor_reports_a_crashing_libedgetpu_as_its_crash_with_the_pair_to_install(fake_library, capsys):
+    library = fake_library("segfault")
+    checks = {c.name: c for c in run_checks()}
+    assert checks["libedgetpu"].ok and str(library) in checks["libedgetpu"].detail
+    assert not checks["edge tpu pairing"].ok and "16.0tf2.17.1" in checks["edge tpu pairing"].fix
+    crash = checks["edge tpu probe"]
+    assert not crash.ok and not crash.required
+    assert str(library) in crash.detail and "crashed (SIGSEGV) while creating the delegate" in crash.detail
+    assert "tflite_runtime 2.17.1" in crash.fix
+    assert main(["doctor"]) == 0, "an optional Edge TPU does not fail the run"
+    assert "[----] edge tpu probe" in capsys.readouterr().out
+
+    fake_library("works")
+    checks = {c.name: c for c in run_checks()}
+    assert checks["edge tpu probe"].ok and "the delegate loaded (in a child process)" in checks["edge tpu probe"].detail
+
+
+def test_doctor_model_check_probes_the_edgetpu_model_in_a_child(tiny_model, tmp_path, fake_library):
+    shutil.copy(tiny_model, tmp_path / "tiny_int8.tflite")
+    compiled = fake_edgetpu_model(tiny_model, tmp_path / "tiny_int8_edgetpu.tflite")
+    library = fake_library("bad-prepare")  # creates its delegate, crashes on the graph: only the model shows it
+    checks = {c.name: c for c in model_checks(compiled)}
+    tpu = checks["model: edge tpu"]
+    assert not tpu.ok and not tpu.required and str(library) in tpu.detail
+    assert "crashed (SIGSEGV) while applying the delegate to the model's graph" in tpu.detail
+    assert "16.0tf2.17.1" in tpu.fix and "tiny_int8.tflite runs" in tpu.fix
+    assert checks["model: loads"].ok and checks["model: loads"].detail.endswith("allocated on cpu")
+    fake_library("works")
+    checks = {c.name: c for c in model_checks(compiled)}
+    assert checks["model: edge tpu"].ok and checks["model: loads"].detail.endswith("allocated on tpu")
