@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from edge_yolov9.cli import add_command, float_arg, int_arg
+from edge_yolov9.cli import CONVERT_INPUT_SIZES, add_command, float_arg, int_arg
 from edge_yolov9.errors import MissingDependencyError
 from edge_yolov9.model_file import LAYOUTS
 
@@ -68,7 +68,7 @@ def _convert(args: argparse.Namespace) -> int:
         from .frigate import instructions
 
         compiled = result.compile is not None and result.compile.compiled_model is not None
-        print(instructions(result.out_dir, args.imgsz, compiled))
+        print(instructions(result.out_dir, result.imgsz, compiled))
     for note in result.notes:
         print(f"note: {note}")
     return int(result.exit_code)
@@ -123,7 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "accuracy report (COCO mAP of PyTorch, float and int8 TFLite on a labelled val set).\n\n"
                     + EXIT_CODES)
     convert.add_argument("--model", type=Path, required=True, help="edge-yolov9 checkpoint (.pt)")
-    convert.add_argument("--imgsz", type=int, default=320, help="square input size: 256..640 in steps of 32")
+    convert.add_argument("--imgsz", type=CONVERT_INPUT_SIZES.arg(),
+                         help=f"square input size, {CONVERT_INPUT_SIZES.allowed} (default: the size the model was "
+                              "trained at)")
     convert.add_argument("--calib", type=Path, required=True,
                          help="calibration images: a folder (searched recursively) or a YOLO data.yaml (train split)")
     convert.add_argument("--calib-images", type=int_arg(1), default=DEFAULT_CALIBRATION_IMAGES, metavar="N",

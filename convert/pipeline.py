@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edge_yolov9.cli import CONVERT_INPUT_SIZES
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
 from edge_yolov9.model_file import edgetpu_path, sidecar_path, write_sidecar
-from edge_yolov9.train.checkpoint import file_sha256, load_checkpoint
+from edge_yolov9.train.checkpoint import choose_input_size, file_sha256, load_checkpoint
 from edge_yolov9.train.models import YOLO
 
 from .accuracy import AccuracyReport, ValSet, find_val_set, measure_accuracy
@@ -35,7 +36,6 @@ from .tflite_model import TFLiteModel
 
 logger = logging.getLogger(__name__)
 
-MIN_IMGSZ, MAX_IMGSZ, IMGSZ_STEP = 256, 640, 32
 FLOAT_MODEL, INT8_MODEL = "model_float.tflite", "model_int8.tflite"
 COMPILED_MODEL = edgetpu_path(INT8_MODEL)
 PRECHECK_STEM = f"{COMPILED_MODEL.stem}_precheck"
@@ -52,7 +52,7 @@ PRODUCTS = (FLOAT_MODEL, sidecar_path(FLOAT_MODEL).name, INT8_MODEL, sidecar_pat
 @dataclass(frozen=True)
 class ConvertOptions:
     checkpoint: Path
-    imgsz: int
+    imgsz: int | None  # None: the size the model was trained at; either is checked against CONVERT_INPUT_SIZES
     calib: Path
     out_dir: Path
     calib_images: int = DEFAULT_CALIBRATION_IMAGES
@@ -70,6 +70,7 @@ class ConvertOptions:
 @dataclass
 class ConvertResult:
     out_dir: Path
+    imgsz: int
     files: dict[str, Path]
     precheck: EdgeTpuReport
     compile: CompileResult | None = None
@@ -77,16 +78,6 @@ class ConvertResult:
     exit_code: ExitCode = ExitCode.OK
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)  # of the int8 model
-
-
-def validate_imgsz(imgsz: int) -> int:
-    if not (MIN_IMGSZ <= imgsz <= MAX_IMGSZ and imgsz % IMGSZ_STEP == 0):
-        sizes = ", ".join(str(s) for s in range(MIN_IMGSZ, MAX_IMGSZ + 1, IMGSZ_STEP))
-        raise EdgeYoloError(f"Input size {imgsz} is not supported",
-                            f"use a multiple of {IMGSZ_STEP} from {MIN_IMGSZ} to {MAX_IMGSZ}: {sizes}")
-    return imgsz
-
-
 
 
 @dataclass
@@ -151,9 +142,10 @@ def _remove_abandoned_staging(out_dir: Path) -> None:
 
 def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
     """Run the whole conversion; raises :class:`EdgeYoloError` (and writes nothing) on bad input."""
-    imgsz = validate_imgsz(options.imgsz)
     if options.out_dir.exists() and not options.out_dir.is_dir():
         raise EdgeYoloError(f"Output {options.out_dir} exists and is not a folder", "pass a folder with -o")
+    model, labels, _ = load_checkpoint(options.checkpoint)
+    imgsz = choose_input_size(model.cfg, options.imgsz, options.checkpoint, CONVERT_INPUT_SIZES)
     calibration = calibration_set(options.calib, imgsz, options.calib_images)
     compiler, compiler_missing = None, None
     if options.edgetpu:
@@ -163,7 +155,6 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
             if options.compiler is not None:
                 raise  # an explicit --compiler that is wrong is a usage error
             compiler_missing = err
-    model, labels, _ = load_checkpoint(options.checkpoint)
     check_layout(model, labels, options.layout)
     val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
     deployed = prepare_for_export(model)
@@ -213,7 +204,7 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
 
     report = precheck(TFLiteModel.from_bytes(int8_path.read_bytes(), source=INT8_MODEL))
     report.save(folder / PRECHECK_STEM)
-    result = ConvertResult(options.out_dir, {}, report, metadata=int8_metadata)
+    result = ConvertResult(options.out_dir, calibration.imgsz, {}, report, metadata=int8_metadata)
     if report.failed:
         result.notes.append("The int8 model fails the Edge TPU precheck (it still runs on the CPU); "
                             f"see {PRECHECK_STEM}.md")

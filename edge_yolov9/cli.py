@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,12 +55,15 @@ def int_arg(low: int | None = None, high: int | None = None, *, multiple_of: int
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use {allowed}{hint}") from None
-        if (low is not None and value < low) or (high is not None and value > high) \
-                or (multiple_of and value % multiple_of):
+        if not _in_range(value, low, high, multiple_of):
             raise argparse.ArgumentTypeError(f"{value} is out of range; use {allowed}{hint}")
         return value
 
     return parse
+
+
+def _in_range(value: int, low: int | None, high: int | None, multiple_of: int | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high) and not (multiple_of and value % multiple_of)
 
 
 def float_arg(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -89,9 +93,38 @@ def _allowed(kind: str, low: float | None, high: float | None, low_open: bool, h
     return " ".join([kind] + [" and ".join(part for part in (lower, upper) if part)])
 
 
-def input_size_arg(low: int, high: int) -> Callable[[str], int]:
-    """The square network input size: a multiple of the largest stride, in [low, high]."""
-    return int_arg(low, high, multiple_of=MAX_STRIDE, hint=" (e.g. 320 or 640)")
+@dataclass(frozen=True)
+class InputSizes:
+    """The square network input sizes a command takes: multiples of the largest stride from ``low`` to
+    ``high``. Defined once per use below, and checked the same way at parse time (:meth:`arg`) and for
+    API callers and sizes read from a model (:meth:`check`)."""
+
+    low: int
+    high: int
+    purpose: str  # what the sizes are for, as errors name it
+
+    @property
+    def allowed(self) -> str:
+        return f"a multiple of {MAX_STRIDE} from {self.low} to {self.high}"
+
+    def arg(self) -> Callable[[str], int]:
+        """The argparse ``type``."""
+        return int_arg(self.low, self.high, multiple_of=MAX_STRIDE, hint=" (e.g. 320 or 640)")
+
+    def check(self, size: Any, source: str) -> int:
+        """``size`` if allowed; otherwise an EdgeYoloError naming it, where it came from (``source``) and
+        the sizes allowed."""
+        if type(size) is not int or not _in_range(size, self.low, self.high, MAX_STRIDE):
+            raise EdgeYoloError(f"Input size {size!r} ({source}) is not supported for {self.purpose}",
+                                f"pass --imgsz with {self.allowed}")
+        return size
+
+
+# Training, validation and the zoo's figures: below 64 px the P5 map is 2x2; above 1280 nothing fits a small
+# detector. Conversion: from 160 (a 5x5 P5 map; Edge TPU users go down to 192 or 224 to keep every op on the
+# chip) to 640, the size YOLOv9 is published at.
+MODEL_INPUT_SIZES = InputSizes(64, 1280, "training and validation")
+CONVERT_INPUT_SIZES = InputSizes(160, 640, "conversion")
 
 
 def existing_file(text: str) -> Path:

@@ -59,8 +59,9 @@ def ball_data(tmp_path_factory, ball_checkpoint, coco128) -> Path:
 
 
 def convert(checkpoint: Path, calib: Path, out: Path, *extra: str) -> int:
-    return main(["convert", "--model", str(checkpoint), "--calib", str(calib), "--calib-images", "1", *extra,
-                 "-o", str(out)])
+    """At 320, the size of the session's models that ``fast_pipeline`` reuses (the ball model's own is 640)."""
+    return main(["convert", "--model", str(checkpoint), "--imgsz", "320", "--calib", str(calib), "--calib-images", "1",
+                 *extra, "-o", str(out)])
 
 
 def markdown_rows(text: str) -> dict[str, list[str]]:

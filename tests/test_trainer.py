@@ -91,7 +91,7 @@ def test_end_to_end_train_and_val_on_coco128(coco128, tmp_path):
     cfg = config(tiny_dataset(coco128, tmp_path, count=8), tmp_path, epochs=1)
     best = Trainer(cfg).fit()
     model, names, meta = load_checkpoint(best)
-    assert names[0] == "person" and model.num_classes == 80 and meta["imgsz"] == 128
+    assert names[0] == "person" and model.num_classes == 80 and model.cfg.input_size == (128, 128)
     assert 0.0 <= meta["map50_95"] <= meta["map50"] <= 1.0
     run = cfg.run_dir()
     assert {"last.pt", "best.pt", "results.csv", "loss.png", "map.png"} <= {p.name for p in run.iterdir()}

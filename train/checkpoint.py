@@ -2,8 +2,10 @@
 
 A checkpoint is a dict of plain data and tensors, so loading it never runs pickled code:
 
-``{"format": "edge-yolov9", "version": 1, "config": {...}, "names": [...], "model": state_dict,
-"meta": {...}}``, plus training state (optimizer, EMA, epoch) for resumable training runs.
+``{"format": "edge-yolov9", "version": 2, "config": {...}, "names": [...], "model": state_dict,
+"meta": {...}}``, plus training state (optimizer, EMA, epoch) for resumable training runs. The config
+holds the model's training input size (version 2); version 1 files kept it in ``meta["imgsz"]``, if at
+all, and are read as if they held it in the config.
 Its structure is checked once, in :func:`read_checkpoint`, so every command refuses a damaged or
 altered file with the same message naming the key.
 """
@@ -11,6 +13,7 @@ altered file with the same message naming the key.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import zipfile
@@ -19,12 +22,16 @@ from typing import Any
 
 import torch
 
+from edge_yolov9.cli import InputSizes
 from edge_yolov9.errors import ModelError, OutputError, output_error
 
 from .models import ModelConfig, YOLO, create_model
+from .models.config import DEFAULT_INPUT_SIZE
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "edge-yolov9"
-VERSION = 1
+VERSION = 2  # 2: the config holds input_size
 # A checkpoint may decompress to at most this much: torch.load allocates every zip entry's declared size
 # before reading it, so a small deflate-compressed file could otherwise claim gigabytes. yolov9-s with its
 # training state is about 0.15 GB.
@@ -169,6 +176,15 @@ def _invalid(path: Path, key: str, problem: str) -> ModelError:
     return ModelError(f"{path} is a damaged edge-yolov9 checkpoint: '{key}' {problem}", FIX_RECREATE)
 
 
+def _upgrade_version_1(payload: dict[str, Any]) -> None:
+    """Version 1 configs lack the input size: a training run's is its meta's ``imgsz``, an import's is unknown
+    (the default)."""
+    config, meta = payload.get("config"), payload.get("meta")
+    if payload.get("version") == 1 and isinstance(config, dict) and "input_size" not in config:
+        trained = meta.get("imgsz", DEFAULT_INPUT_SIZE) if isinstance(meta, dict) else DEFAULT_INPUT_SIZE
+        payload["config"] = {**config, "input_size": trained}
+
+
 def _check_structure(payload: dict[str, Any], path: Path) -> None:
     version = payload.get("version")
     if type(version) is not int or version < 1:
@@ -213,6 +229,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                          "or is damaged", fix_foreign) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path} is not an edge-yolov9 checkpoint (no 'format: {FORMAT}' marker)", fix_foreign)
+    _upgrade_version_1(payload)
     _check_structure(payload, path)
     return payload
 
@@ -226,3 +243,25 @@ def load_checkpoint(path: str | os.PathLike, *, strict: bool = True) -> tuple[YO
     except ValueError as err:  # weights that do not fit the config, or an unknown activation
         raise ModelError(f"{path} does not hold a loadable edge-yolov9 detector: {err}", FIX_RECREATE) from None
     return model.eval(), list(payload["names"]), dict(payload["meta"])
+
+
+def choose_input_size(cfg: ModelConfig, requested: int | None, checkpoint: str | os.PathLike,
+                      sizes: InputSizes) -> int:
+    """The square size to run ``checkpoint``'s model at: ``requested`` (--imgsz), else the size it was trained
+    at; logged with where it came from, with a warning when a requested size differs from the training size
+    (the model then sees objects at scales it did not learn)."""
+    height, width = cfg.input_size
+    if requested is None:
+        if height != width:
+            raise ModelError(f"{checkpoint} was trained at {height}x{width} (height x width); only square inputs "
+                             "are supported yet", "pass --imgsz with a square size")
+        size = sizes.check(height, f"the training size stored in {checkpoint}")
+        logger.info("Input size %dx%d: the training size stored in %s", size, size, checkpoint)
+        return size
+    size = sizes.check(requested, "requested")
+    if (size, size) == cfg.input_size:
+        logger.info("Input size %dx%d (--imgsz), the size %s was trained at", size, size, checkpoint)
+    else:
+        logger.warning("Input size %dx%d (--imgsz) differs from the %dx%d %s was trained at: accuracy may be "
+                       "lower; leave out --imgsz to use the training size", size, size, height, width, checkpoint)
+    return size

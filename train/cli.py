@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_yolov9.cli import add_command, existing_file, float_arg, input_size_arg, int_arg, print_result
+from edge_yolov9.cli import MODEL_INPUT_SIZES, add_command, existing_file, float_arg, int_arg, print_result
 from edge_yolov9.errors import MissingDependencyError
 
 MODEL_NAMES = ("gelan-s", "gelan-t", "yolov9-s", "yolov9-t")  # train.models.list_models(), without importing torch
-# Input sizes of train, val and models: below 64 px the P5 map is 2x2; above 1280 nothing fits a small detector.
-IMGSZ = input_size_arg(64, 1280)
+IMGSZ = MODEL_INPUT_SIZES.arg()  # of train, val and models
 MAX_CLASSES = 10_000
 MAX_BATCH = 1024
 
@@ -82,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--data", default="shapes", help="data.yaml, dataset folder, or 'shapes' (built-in)")
     train.add_argument("--weights", type=existing_file, help="start from this edge-yolov9 checkpoint (class layers re-initialised "
                                          "when the class count differs); import foreign ones first")
-    train.add_argument("--imgsz", type=IMGSZ, default=320, help="training and validation input size")
+    train.add_argument("--imgsz", type=IMGSZ, default=320,
+                       help="training and validation input size; stored with the model, for convert and val")
     train.add_argument("--epochs", type=int_arg(1, 100_000), default=30)
     train.add_argument("--time-budget", type=float_arg(0, low_open=True), metavar="MINUTES",
                        help="fit the number of epochs (and the LR schedule) to this many minutes of training")

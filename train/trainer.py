@@ -320,7 +320,8 @@ class Trainer:
 
     def _build_model(self) -> YOLO:
         cfg = self.cfg
-        model = create_model(cfg.model, num_classes=self.data.num_classes, activation=cfg.activation)
+        model = create_model(cfg.model, num_classes=self.data.num_classes, activation=cfg.activation,
+                             input_size=cfg.imgsz)
         if cfg.weights:
             source, _, _ = load_checkpoint(cfg.weights, strict=False)
             # Fine-tuning: everything whose shape fits is kept; class layers of another class count
@@ -351,7 +352,7 @@ class Trainer:
         logger.info("Resuming %s at epoch %d of %d", path, self.start_epoch + 1, self.cfg.epochs)
 
     def _save(self, epoch: int, best: bool) -> None:
-        meta = {"imgsz": self.cfg.imgsz, "epoch": epoch, "source": "train",
+        meta = {"epoch": epoch, "source": "train",
                 "map50_95": self.history[-1].map50_95, "map50": self.history[-1].map50}
         state = {"train_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),

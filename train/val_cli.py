@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from edge_yolov9.cli import add_command, existing_file, int_arg, print_result
+from edge_yolov9.cli import MODEL_INPUT_SIZES, add_command, existing_file, int_arg, print_result
 from edge_yolov9.errors import MissingDependencyError, ModelError, writing
 
 from .cli import IMGSZ, MAX_BATCH, require_torch
@@ -33,7 +33,7 @@ def _val(args: argparse.Namespace) -> int:
         import faster_coco_eval  # noqa: F401
     except ImportError:
         raise MissingDependencyError("faster-coco-eval", "train", "COCO evaluation") from None
-    from .checkpoint import load_checkpoint
+    from .checkpoint import choose_input_size, load_checkpoint
     from .evaluate import TorchPredictor, evaluate, load_eval_set
     from .models.deploy import deploy_model
 
@@ -45,7 +45,8 @@ def _val(args: argparse.Namespace) -> int:
     if list(model_names) != list(eval_set.names):
         logger.warning("The checkpoint's class names (%s, ...) differ from the data's (%s, ...); "
                        "the model's class k is scored as the data's class k", model_names[0], eval_set.names[0])
-    result = evaluate(eval_set, TorchPredictor(deploy_model(model), args.imgsz), batch_size=args.batch,
+    imgsz = choose_input_size(model.cfg, args.imgsz, args.model, MODEL_INPUT_SIZES)
+    result = evaluate(eval_set, TorchPredictor(deploy_model(model), imgsz), batch_size=args.batch,
                       progress=True)
     if args.save_json:
         with writing(args.save_json, "the detections"):
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--data", required=True, type=Path, help="data.yaml, a dataset folder, or a COCO json")
     val.add_argument("--split", default="val", help="split of data.yaml to score")
     val.add_argument("--images", type=Path, help="image folder of a COCO json (default: <json dir>/../images)")
-    val.add_argument("--imgsz", type=IMGSZ, default=640, help="square input size (multiple of 32)")
+    val.add_argument("--imgsz", type=IMGSZ, help="square input size (default: the size the model was trained at)")
     val.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=8, help="images per forward pass")
     val.add_argument("--json", action="store_true", help="print the metrics as JSON")
     val.add_argument("--save-json", type=Path, metavar="FILE", help="write the detections as a COCO results json (image ids: the json's, or 1..N in "

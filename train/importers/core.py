@@ -22,6 +22,7 @@ from edge_yolov9.errors import ModelError
 
 from ..checkpoint import FORMAT as OWN_FORMAT, file_sha256, save_checkpoint
 from ..models import HeadConfig, LoadReport, ModelConfig, YOLO, create_model, load_weights
+from ..models.config import DEFAULT_INPUT_SIZE
 from .mit import MIT
 from .published import ULTRALYTICS, YOLOV9
 from .translation import CheckpointFormat, Translation
@@ -114,7 +115,8 @@ def _class_width_rule(width: int, p3_channels: int, num_classes: int, source: st
 
 
 def infer_config(translation: Translation, source: str) -> ModelConfig:
-    """The zoo config whose model has exactly the shapes of the translated tensors."""
+    """The zoo config whose model has exactly the shapes of the translated tensors, with the checkpoint's
+    training input size (the default when it records none)."""
     tensors = translation.tensors
     stem = _shape(tensors, "layers.0.conv.weight", "base width", source)
     base_width = stem[0]
@@ -132,7 +134,8 @@ def infer_config(translation: Translation, source: str) -> ModelConfig:
     size = SIZE_LETTERS.get(base_width, f"w{base_width}")
     name = f"{'yolov9' if aux == 'fpn' else 'gelan'}-{size}"
     return ModelConfig(name=name, base_width=base_width, csp_depth=depth, num_classes=num_classes,
-                       activation=translation.activation, aux=aux, head=head)
+                       activation=translation.activation, aux=aux, head=head,
+                       input_size=translation.input_size or DEFAULT_INPUT_SIZE)
 
 
 def verify_dfl(translation: Translation, reg_max: int, source: str) -> None:
@@ -181,6 +184,10 @@ def import_checkpoint(path: str | os.PathLike, *, checkpoint_format: str = "auto
         raise ModelError(f"Unknown checkpoint format {checkpoint_format!r}",
                          f"choose auto or one of {', '.join(FORMATS)}")
     translation = fmt.translate(payload, source)
+    if translation.input_size is None:
+        height, width = DEFAULT_INPUT_SIZE
+        translation.notes.append(f"the checkpoint records no training input size: {height}x{width} assumed; "
+                                 "convert and val use it unless given --imgsz")
     cfg = infer_config(translation, source)
     verify_dfl(translation, cfg.head.reg_max, source)
     model = create_model(cfg)

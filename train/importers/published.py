@@ -15,7 +15,7 @@ from typing import Any
 
 from edge_yolov9.errors import ModelError
 
-from .translation import Translation, class_names_from
+from .translation import Translation, class_names_from, training_size
 from .unpickler import Placeholder, dict_attribute, iter_modules, module_tree_state_dict
 
 MAIN_BLOCKS = ("Conv", "Conv", "ELAN1", "AConv", "RepNCSPELAN4", "AConv", "RepNCSPELAN4", "AConv", "RepNCSPELAN4",
@@ -47,11 +47,13 @@ def pickled_model(payload: Any) -> Placeholder | None:
 
 @dataclass(frozen=True)
 class PickledModelFormat:
-    """A project that saves its ``DetectionModel`` object, recognised by where its classes live."""
+    """A project that saves its ``DetectionModel`` object, recognised by where its classes live; its training
+    settings (a dict, or a pickled namespace) under ``settings_key`` may record the input size, ``imgsz``."""
 
     name: str
     description: str
     module_prefix: str
+    settings_key: str
 
     def recognizes(self, payload: Any) -> bool:
         model = pickled_model(payload)
@@ -72,6 +74,10 @@ class PickledModelFormat:
             translation.notes.append("used the EMA weights (ckpt['ema']); skipped ckpt['model']")
         translation.names = class_names_from(model.attributes.get("names"))
         translation.activation = _activation(model, source)
+        settings = payload.get(self.settings_key)
+        settings = settings.attributes if isinstance(settings, Placeholder) else settings
+        if isinstance(settings, dict):
+            translation.input_size = training_size(settings.get("imgsz"))
         return translation
 
     @staticmethod
@@ -135,6 +141,7 @@ def _activation(model: Placeholder, source: str) -> str:
 
 
 ULTRALYTICS = PickledModelFormat(
-    "ultralytics", "Ultralytics YOLOv9-T/S checkpoints (yolov9t.pt, yolov9s.pt and their fine-tunes)", "ultralytics.")
+    "ultralytics", "Ultralytics YOLOv9-T/S checkpoints (yolov9t.pt, yolov9s.pt and their fine-tunes)", "ultralytics.",
+    "train_args")
 YOLOV9 = PickledModelFormat(
-    "yolov9", "the YOLOv9 repository's yolov9-t/s, gelan-t/s and *-converted.pt checkpoints", "models.")
+    "yolov9", "the YOLOv9 repository's yolov9-t/s, gelan-t/s and *-converted.pt checkpoints", "models.", "opt")

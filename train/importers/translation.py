@@ -7,10 +7,13 @@ checkpoint's names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from edge_yolov9.model_file import STRIDES
 
 
 @dataclass
@@ -20,6 +23,7 @@ class Translation:
     ``dfl`` holds the fixed DFL projections (``arange(reg_max)`` weights) the published heads carry
     as a conv; our head leaves that step to the decoder, so they are verified instead of loaded.
     ``unmapped`` lists checkpoint tensors with no place in our model; ``notes`` say what was chosen.
+    ``input_size`` is the (height, width) the checkpoint says it was trained at, None when it does not say.
     """
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -29,6 +33,7 @@ class Translation:
     notes: list[str] = field(default_factory=list)
     names: list[str] | None = None
     activation: str = "silu"
+    input_size: tuple[int, int] | None = None
 
     def add(self, our_key: str, source_key: str, tensor: torch.Tensor) -> None:
         self.tensors[our_key] = tensor
@@ -57,3 +62,14 @@ def class_names_from(raw: Any) -> list[str] | None:
     if isinstance(raw, (list, tuple)) and raw:
         return [str(name) for name in raw]
     return None
+
+
+def training_size(raw: Any) -> tuple[int, int] | None:
+    """(height, width) from a recorded ``imgsz``: an int (a square) or an [h, w] pair, rounded up to a multiple of
+    the largest stride as Ultralytics and the YOLOv9 repository do before training; None if unusable."""
+    sides = [raw, raw] if type(raw) is int else list(raw) if isinstance(raw, (list, tuple)) else []
+    if len(sides) != 2 or not all(type(side) is int and side > 0 for side in sides):
+        return None
+    stride = max(STRIDES)
+    height, width = (math.ceil(side / stride) * stride for side in sides)
+    return height, width

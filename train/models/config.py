@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from edge_yolov9.model_file import STRIDES
+
 AuxBranch = Literal["none", "fpn", "reversible"]
+# (height, width) of a model that records no training size: the size YOLOv9 models are published at.
+DEFAULT_INPUT_SIZE = (640, 640)
 
 
 def _require_ints(config: Any, names: tuple[str, ...], low: int) -> None:
@@ -17,6 +21,16 @@ def _require_ints(config: Any, names: tuple[str, ...], low: int) -> None:
         value = getattr(config, name)
         if type(value) is not int or value < low:  # bool is an int subclass, never a size
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def _input_size(value: Any) -> tuple[int, int]:
+    """(height, width) from a pair, or from one int for a square; both multiples of the largest stride."""
+    size = (value, value) if type(value) is int else tuple(value) if isinstance(value, (tuple, list)) else ()
+    stride = max(STRIDES)
+    if len(size) != 2 or not all(type(side) is int and side >= stride and side % stride == 0 for side in size):
+        raise ValueError(f"input_size must be (height, width) in multiples of {stride}, or one such int, "
+                         f"got {value!r}.")
+    return size
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,9 @@ class ModelConfig:
     and top-down path on the backbone's P3/P4/P5 with its own head (official yolov9-t/s);
     ``"reversible"`` is the CBLinear/CBFuse auxiliary backbone fed from the input image (PGI paper,
     yolov9-m/c style).
+
+    ``input_size`` is the (height, width) the model was trained at: what a model needs to run travels with
+    its weights, so ``convert`` and ``val`` use it unless told otherwise. A single int means a square.
     """
 
     name: str
@@ -58,6 +75,7 @@ class ModelConfig:
     activation: str = "silu"
     aux: AuxBranch = "none"
     head: HeadConfig = field(default_factory=HeadConfig)
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
 
     def __post_init__(self) -> None:
         # Checkpoints carry configs as plain data: a wrong type must fail here, not deep in the model build.
@@ -71,6 +89,7 @@ class ModelConfig:
             object.__setattr__(self, "head", HeadConfig(**self.head))
         if not isinstance(self.head, HeadConfig):
             raise ValueError(f"head must be a mapping of head settings, got {self.head!r}.")
+        object.__setattr__(self, "input_size", _input_size(self.input_size))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
