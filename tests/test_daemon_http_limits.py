@@ -10,37 +10,24 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pytest
 
-from edge_yolov9.daemon.config import HttpConfig
 from edge_yolov9.daemon.http_server import HEAD_TIMEOUT, MAX_HEADER_LINE, MAX_HEADERS, MAX_REQUEST_LINE, HttpServer
 from edge_yolov9.daemon.hub import Hub, Snapshot
-from edge_yolov9.daemon.stats import Stats
 from support.waiting import wait_until
+from test_daemon_http import serve, stats  # noqa: F401 (fixtures)
 
 TOKEN = "tok-5f3a9c81e2"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., tuple[HttpServer, Hub]]]:
-    """``serve(**http_config)``: a started server with the token, on a free port; closed after the test."""
-    servers = []
-
-    def start(**config) -> tuple[HttpServer, Hub]:
-        hub = Hub()
-        server = HttpServer(HttpConfig(port=0, token=TOKEN, **config), hub, Stats("garage", "0", "0.1.0"),
-                            "garage", ["ball"])
-        server.start()
-        servers.append(server)
-        return server, hub
-
-    yield start
-    for server in servers:
-        server.close()
+def serve_with_token(serve) -> Callable[..., tuple[HttpServer, Hub]]:
+    """``serve(**http_config)`` of test_daemon_http, with the token on."""
+    return lambda **config: serve(token=TOKEN, **config)
 
 
 def get(port: int, path: str = "/api/stats") -> int:
@@ -90,8 +77,8 @@ def next_part(stream: socket.socket) -> bytes:
 
 
 # --------------------------------------------------------------------------- limits of the request head
-def test_an_over_long_request_line_gets_414(serve):
-    server, _ = serve()
+def test_an_over_long_request_line_gets_414(serve_with_token):
+    server, _ = serve_with_token()
     reply = answer(server.port, b"GET /" + b"a" * MAX_REQUEST_LINE + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert reply.startswith(b"HTTP/1.0 414 ") and b'"error": "the request line is over 8192 bytes"' in reply
 
@@ -101,14 +88,14 @@ def test_an_over_long_request_line_gets_414(serve):
     ([b"X-%d: v" % n for n in range(MAX_HEADERS + 1)], b"more than 64 headers"),
     ([b"X-%d: " % n + b"a" * 6000 for n in range(6)], b"the headers are over 32768 bytes"),
 ])
-def test_too_large_headers_get_431(serve, headers, why):
-    server, _ = serve()
+def test_too_large_headers_get_431(serve_with_token, headers, why):
+    server, _ = serve_with_token()
     reply = answer(server.port, b"GET /api/health HTTP/1.1\r\n" + b"\r\n".join(headers) + b"\r\n\r\n")
     assert reply.startswith(b"HTTP/1.0 431 ") and why in reply
 
 
-def test_requests_within_the_limits_are_served(serve):
-    server, _ = serve()
+def test_requests_within_the_limits_are_served(serve_with_token):
+    server, _ = serve_with_token()
     headers = b"".join(b"X-%d: " % n + b"a" * 400 + b"\r\n" for n in range(MAX_HEADERS - 1))
     head = f"GET /api/labels HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n".encode() + headers + b"\r\n"
     assert len(head) < 32768
@@ -116,8 +103,8 @@ def test_requests_within_the_limits_are_served(serve):
     assert reply.startswith(b"HTTP/1.0 200 ") and reply.endswith(b'["ball"]')
 
 
-def test_a_client_that_drips_its_request_is_cut_off_and_streams_go_on(serve):
-    server, hub = serve()
+def test_a_client_that_drips_its_request_is_cut_off_and_streams_go_on(serve_with_token):
+    server, hub = serve_with_token()
     publish(hub, 1)
     stream, first = open_stream(server.port)
     assert first.startswith(b"HTTP/1.0 200 ")
@@ -155,8 +142,8 @@ def test_a_client_that_drips_its_request_is_cut_off_and_streams_go_on(serve):
     assert get(server.port) == 200
 
 
-def test_connections_over_the_limit_get_503_and_streams_keep_theirs(serve):
-    server, hub = serve(max_connections=4)
+def test_connections_over_the_limit_get_503_and_streams_keep_theirs(serve_with_token):
+    server, hub = serve_with_token(max_connections=4)
     publish(hub, 1)
     stream, first = open_stream(server.port)
     assert first.startswith(b"HTTP/1.0 200 ")
