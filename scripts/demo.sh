@@ -9,13 +9,13 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 EY=.venv/bin/edge-yolov9
 EPOCHS=${EPOCHS:-4}
-DATA=$(.venv/bin/python -c "from train.synthetic import builtin_dataset; print(builtin_dataset())")
+DATA=$(.venv/bin/python -c "from edge_yolov9.train.synthetic import builtin_dataset; print(builtin_dataset())")
 DATA_DIR=$(dirname "$DATA")
 
 $EY train --model yolov9-t --data shapes --imgsz 320 --epochs "$EPOCHS" --batch 16 --nominal-batch 16 \
     --close-mosaic 1 --warmup-epochs 1 --project runs/demo --name train --exist-ok
-$EY convert --model runs/demo/train/best.pt --imgsz 320 --calib "$DATA" --calib-images 64 -o runs/demo/int8
-$EY val --model runs/demo/train/best.pt --data "$DATA" --imgsz 320 --batch 16
+$EY convert --model runs/demo/train/best.pt --calib "$DATA" --calib-images 64 -o runs/demo/int8
+$EY val --model runs/demo/train/best.pt --data "$DATA" --batch 16
 $EY detect runs/demo/int8/model_int8.tflite "$DATA_DIR/images/val" --save runs/demo/detections \
     --json runs/demo/detections.jsonl
 echo

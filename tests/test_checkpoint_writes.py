@@ -97,7 +97,7 @@ def test_results_on_a_full_disk_keep_the_previous_file(tmp_path):
     row = EpochResult(1, 0.01, 1.0, 2.0, 3.0, 0.1, 0.2, 10.0, 5.0)
     write_results([row], tmp_path)
     before = (tmp_path / "results.csv").read_text()
-    code = (f"from pathlib import Path; from train.trainer import EpochResult, write_results; "
+    code = (f"from pathlib import Path; from edge_yolov9.train.trainer import EpochResult, write_results; "
             f"write_results([EpochResult(*{tuple(vars(row).values())!r})] * 50, Path({str(tmp_path)!r}))")
 
     def limit_writes() -> None:
