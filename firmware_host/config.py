@@ -69,11 +69,20 @@ class ModelConfig(Section):
     score_threshold: float = Field(0.4, gt=0, le=1)
     iou_threshold: float = Field(0.45, gt=0, le=1)
     max_detections: int = Field(100, ge=1)
+    edgetpu_library: Optional[Path] = Field(None, description="the libedgetpu to load (default: "
+                                                             "$EDGE_YOLOV9_LIBEDGETPU, else the system's)")
+    fallback_to_cpu: bool = Field(True, description="run the CPU twin when the Edge TPU fails to load or keeps "
+                                                    "crashing the detector process")
 
     @field_validator("path")
     @classmethod
     def _path(cls, value: Path) -> Path:
         return _existing_file(value, "a .tflite from `edge-yolov9 convert`")
+
+    @field_validator("edgetpu_library")
+    @classmethod
+    def _library(cls, value: Optional[Path]) -> Optional[Path]:
+        return None if value is None else _existing_file(value, "a libedgetpu.so.1")
 
     @field_validator("device")
     @classmethod

@@ -7,6 +7,11 @@ sends the child the model input (small: 320x320x3 bytes) and its placement over 
 decodes it, and the parent waits at most ``stall_timeout`` seconds for the detections in image pixels. A child that dies or stalls is
 killed and started again on the next frame, with back-off once it restarts ``max_restarts`` times
 within ``restart_window`` seconds (a Coral that keeps failing is not hammered).
+
+The child's Detector probes libedgetpu in a process of its own before loading it (``edge_yolov9.edgetpu_probe``).
+When the Edge TPU cannot be used (the probe fails, the child dies loading it) or keeps crashing the child
+(``max_restarts`` within ``restart_window``), and ``model.fallback_to_cpu`` allows it, the child runs the
+model's CPU twin from then on; the reason goes to the log, ``/api/stats``, ``/metrics`` and MQTT.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Callable
 
 from edge_yolov9.detector import Prepared
 from edge_yolov9.errors import EdgeYoloError
-from edge_yolov9.model_file import TensorSpec
+from edge_yolov9.interpreter import parse_device
+from edge_yolov9.model_file import TensorSpec, cpu_twin
 from edge_yolov9.types import Box, Detection
 
 from .config import ModelConfig, WatchdogConfig
@@ -45,6 +51,7 @@ class ModelSummary:
     input: TensorSpec          # the network input the parent prepares frames for
     device: str
     path: str
+    fallback_reason: str | None = None  # why the CPU twin runs (the Detector's 'auto' found the Edge TPU unusable)
 
 
 def _child_main(connection: Connection, model: ModelConfig) -> None:
@@ -55,12 +62,12 @@ def _child_main(connection: Connection, model: ModelConfig) -> None:
     try:
         detector = Detector(model.path, device=model.device, threads=model.threads,
                             score_threshold=model.score_threshold, iou_threshold=model.iou_threshold,
-                            max_detections=model.max_detections)
+                            max_detections=model.max_detections, edgetpu_library=model.edgetpu_library)
     except EdgeYoloError as err:
         connection.send(("error", err.problem, err.fix))
         return
     connection.send(("ready", ModelSummary(tuple(detector.info.labels), detector.info.input, detector.device_used,
-                                           str(detector.model_path))))
+                                           str(detector.model_path), detector.fallback_reason)))
     while True:
         try:
             tensor, placement = connection.recv()
@@ -107,17 +114,28 @@ class RemoteDetector:
         self._restarts: list[float] = []
         self._not_before = 0.0
         self._backoff = 1.0
+        self._device = model.device  # 'cpu' once the Edge TPU is given up (fallback_to_cpu)
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None and self._process.is_alive() else None
 
     def start(self) -> ModelSummary:
-        """Start the child and wait until its model is loaded; DetectorUnavailable if it cannot load it."""
+        """Start the child and wait until its model is loaded; DetectorUnavailable if it cannot load it. An
+        Edge TPU that cannot be loaded gives way to the CPU twin where ``model.fallback_to_cpu`` allows."""
+        try:
+            return self._start()
+        except DetectorUnavailable as err:
+            if not self._can_fall_back():
+                raise
+            self._fall_back(f"the Edge TPU could not be loaded: {err.problem}")
+            return self._start()
+
+    def _start(self) -> ModelSummary:
         self._stop_child()
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_child_main, args=(child, self.model), name="edge-yolov9-detector",
-                                        daemon=True)
+        process = self._context.Process(target=_child_main, args=(child, self.model.model_copy(update={
+            "device": self._device})), name="edge-yolov9-detector", daemon=True)
         process.start()
         child.close()
         _limit_send_time(parent, self.watchdog.stall_timeout)
@@ -133,9 +151,21 @@ class RemoteDetector:
         if message[0] == "error":
             self._fail(message[1], message[2])
         self.summary = message[1]
+        if self.summary.fallback_reason:
+            self._fall_back(self.summary.fallback_reason)
         self._set_online(True, device=self.summary.device, pid=process.pid)
         logger.info("Detector process %d ready: %s on %s", process.pid, self.summary.path, self.summary.device)
         return self.summary
+
+    def _can_fall_back(self) -> bool:
+        """Whether the CPU twin may take over: allowed, not already on the CPU, and there is a twin."""
+        return (self.model.fallback_to_cpu and parse_device(self._device).kind != "cpu"
+                and cpu_twin(self.model.path) is not None)
+
+    def _fall_back(self, reason: str) -> None:
+        self._device = "cpu"
+        self.stats.detector_fallback(reason)
+        logger.warning("Running the CPU model instead of the Edge TPU: %s", reason)
 
     def detect(self, prepared: Prepared) -> list[Detection]:
         """Detections of a prepared frame (``edge_yolov9.detector.prepare``), boxes in the frame's pixels."""
@@ -168,7 +198,11 @@ class RemoteDetector:
             raise DetectorUnavailable(f"detector restarts are backing off for {self._not_before - now:.0f} s more",
                                       "see the earlier errors for why it failed")
         self._restarts = [t for t in self._restarts if now - t < self.watchdog.restart_window] + [now]
-        if len(self._restarts) > self.watchdog.max_restarts:
+        if len(self._restarts) > self.watchdog.max_restarts and self._can_fall_back():
+            self._fall_back(f"the Edge TPU failed the detector process {len(self._restarts)} times within "
+                            f"{self.watchdog.restart_window:g} s (last: {self.stats.detector_error})")
+            self._restarts.clear()
+        elif len(self._restarts) > self.watchdog.max_restarts:
             self._not_before = now + self._backoff
             logger.error("The detector restarted %d times in %g s; waiting %g s before the next attempt",
                          len(self._restarts) - 1, self.watchdog.restart_window, self._backoff)

@@ -15,6 +15,8 @@ topic                       payload                                             
 ``base/all``                objects of every label tracked now                           yes       mqtt.qos
 ``base/status/source``      ``online`` / ``offline``                                     yes       mqtt.qos
 ``base/status/detector``    ``online`` / ``offline``                                     yes       mqtt.qos
+``base/status/fallback``    why the CPU model runs instead of the Edge TPU (sent with    yes       mqtt.qos
+                            the detector's status; empty (cleared) when it does not)
 ``base/stats``              JSON of ``/api/stats``, on connect and every                 no        mqtt.qos
                             ``mqtt.stats_interval`` seconds
 ==========================  ===========================================================  ========  ========
@@ -144,6 +146,11 @@ class MqttOutput:
         with self._lock:
             self._status[component] = "online" if online else "offline"
             self._publish(self._topic(f"status/{component}"), self._status[component], retain=True)
+            if component == "detector":
+                self._publish_fallback()
+
+    def _publish_fallback(self) -> None:
+        self._publish(self._topic("status/fallback"), self.stats.detector_fallback_reason or "", retain=True)
 
     @property
     def connected(self) -> bool:
@@ -189,6 +196,8 @@ class MqttOutput:
         self._publish(self._topic("available"), "online", retain=True, qos=1)
         for component, value in self._status.items():
             self._publish(self._topic(f"status/{component}"), value, retain=True)
+        if "detector" in self._status:
+            self._publish_fallback()
         for label, count in self._counts.items():
             self._publish(self._topic(topic_level(label)), str(count), retain=True)
         self._publish(self._topic("all"), str(self._total), retain=True)

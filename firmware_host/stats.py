@@ -100,6 +100,7 @@ class Stats:
         self.detector_error: str | None = None
         self.detector_device: str | None = None
         self.detector_pid: int | None = None
+        self.detector_fallback_reason: str | None = None  # why the CPU twin runs instead of the Edge TPU
         self.inference_ms: float | None = None
         self.events = 0
         self._throttled: tuple[float, str | None] | None = None  # (when read, value)
@@ -144,6 +145,10 @@ class Stats:
                 self.detector_error = error
             self.detector_restarts += int(restarted)
 
+    def detector_fallback(self, reason: str) -> None:
+        with self._lock:
+            self.detector_fallback_reason = reason
+
     def events_sent(self, count: int) -> None:
         with self._lock:
             self.events += count
@@ -174,7 +179,8 @@ class Stats:
                 "detector": {"status": "online" if self.detector_online else "offline",
                              "device": self.detector_device, "pid": self.detector_pid,
                              "inference_ms": None if self.inference_ms is None else round(self.inference_ms, 2),
-                             "restarts": self.detector_restarts, "last_error": self.detector_error},
+                             "restarts": self.detector_restarts, "last_error": self.detector_error,
+                             "fallback_reason": self.detector_fallback_reason},
                 "events": self.events,
                 "system": system,
             }
@@ -207,4 +213,14 @@ class Stats:
                 continue
             lines += [f"# HELP edge_yolov9_{name} {help_text}", f"# TYPE edge_yolov9_{name} {kind}",
                       f"edge_yolov9_{name}{label} {value}"]
+        reason = detector["fallback_reason"]
+        lines += ["# HELP edge_yolov9_detector_cpu_fallback 1 while the CPU model runs because the Edge TPU failed "
+                  "(the reason is a label)", "# TYPE edge_yolov9_detector_cpu_fallback gauge",
+                  f'edge_yolov9_detector_cpu_fallback{{camera="{self.name}",reason="{_label_value(reason or "")}"}} '
+                  f"{int(reason is not None)}"]
         return "\n".join(lines) + "\n"
+
+
+def _label_value(text: str) -> str:
+    """``text`` as a Prometheus label value (backslash, quote and newline escaped)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
