@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
-from edge_yolov9.convert.edgetpu import (INSTALL_INSTRUCTIONS, CompilerNotFoundError, compile_for_edgetpu, find_compiler,
-                             parse_compiler_log, precheck)
+from edge_yolov9.convert.edgetpu import (INSTALL_INSTRUCTIONS, ON_CHIP_PARAMETER_BYTES, CompilerNotFoundError,
+                                         compile_for_edgetpu, find_compiler, parse_compiler_log, precheck)
 from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from test_convert_tflite import T, build, float_add_model, int8_add_model, with_offset_buffers
@@ -79,11 +79,25 @@ def test_precheck_warns_about_layout_ops_and_the_parameter_budget():
     transpose = build([T("x", "int8", (1, 4, 4, 3), (0.05, 0)), T("p", "int32", (4,), data=np.array([0, 2, 1, 3])),
                        T("y", "int8", (1, 4, 4, 3), (0.05, 0))], [("TRANSPOSE", 2, [0, 1], [2], None)], [0], [2])
     assert checked(transpose).verdict == "PASS with warnings"
-    shape = (1, 1, 3, 3 * 2**20)  # 9 MiB of int8 weights
+    shape = (1, 1, 5, 3 * 2**19)  # 7.5 MiB of int8 weights: within the 8 MiB of SRAM, beyond its ~7 MiB cache
     big = build([T("x", "int8", shape, (0.05, 0)), T("c", "int8", shape, (0.05, 0), np.zeros(shape)),
                  T("y", "int8", shape, (0.05, 0))], [("ADD", 2, [0, 1], [2], None)], [0], [2])
     report = checked(big)
-    assert report.verdict == "PASS with warnings" and "streams from host memory" in reasons(report)
+    [budget] = [c for c in report.checks if c.name == "parameter size"]
+    assert report.verdict == "PASS with warnings" and budget.status == "WARN", report.render()
+    assert budget.detail.startswith("7.50 MiB of parameters, ~7 MiB on-chip cache: ~0.50 MiB would stream from "
+                                    "the host at every inference")
+    assert report.summary["streamed_parameter_bytes"] == 2**19
+
+
+def test_precheck_of_a_converted_model_says_its_parameters_fit(out320):
+    """The real 'ball' YOLOv9-T at 320: about 2 MiB of parameters, all cached on chip."""
+    report = precheck(TFLiteModel.from_file(out320 / "out" / "model_int8.tflite"))
+    [budget] = [c for c in report.checks if c.name == "parameter size"]
+    size = report.summary["parameter_bytes"]
+    assert 1.5 * 2**20 < size < ON_CHIP_PARAMETER_BYTES and report.summary["streamed_parameter_bytes"] == 0
+    assert (budget.status, budget.detail) == ("OK", f"{size / 2**20:.2f} MiB of parameters, ~7 MiB on-chip cache: "
+                                                    "all cached on chip")
 
 
 def test_report_is_saved_as_json_and_markdown(tmp_path):
