@@ -68,7 +68,7 @@ def _convert(args: argparse.Namespace) -> int:
         from .frigate import instructions
 
         compiled = result.compile is not None and result.compile.compiled_model is not None
-        print(instructions(result.out_dir, result.imgsz, compiled))
+        print(instructions(result.out_dir, result.imgsz, compiled, result.metadata["labels"]))
     for note in result.notes:
         print(f"note: {note}")
     return int(result.exit_code)
@@ -135,8 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="uint8 input and outputs (QUANTIZE ops at the edges) instead of int8")
     convert.add_argument("--layout", choices=LAYOUTS, default="raw",
                          help="outputs: raw = six per-level NHWC maps; frigate = the two (1, N, C) tensors of "
-                              "Frigate's Edge TPU yolo-generic detector (box bins, class logits; needs >= 2 "
-                              "classes, not 64), with OUT/labelmap.txt and the Frigate config printed")
+                              "Frigate's Edge TPU yolo-generic detector (box bins, class logits; a 1- or 64-class "
+                              "model gets a padding class), with OUT/labelmap.txt and the Frigate config printed")
     accuracy = convert.add_mutually_exclusive_group()  # --val with --no-accuracy would be silently ignored
     accuracy.add_argument("--val", type=Path, metavar="DATA",
                          help="labelled images for the int8 accuracy report: a data.yaml (its val split, scored "

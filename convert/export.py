@@ -9,12 +9,16 @@ own quantization scale, and the int8 graph has nothing but int8 ops.
 The ``frigate`` layout carries the same tensors in the two outputs Frigate's Edge TPU detector
 reads (see convert.frigate): each level's NHWC map reshaped to (1, H*W, C) rows and the levels
 concatenated, box bins and class logits apart. That costs six RESHAPE and two CONCATENATION ops,
-and the three box levels then share one quantization scale.
+and the three box levels then share one quantization scale. A model Frigate could not tell apart
+(1 or 64 classes) gets padding classes there (convert.frigate.padding_classes), each a class conv
+output with zero weights and a bias of PADDING_LOGIT: no op is added, and the model's own classes
+compute exactly what they did.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -43,6 +47,11 @@ INPUT_NAME = "images"
 # images hold no confident detection (a calibrated range then ends at 0 and caps scores at 0.5, P7),
 # and 1/16 resolves scores near usual thresholds to about 0.01.
 CLS_LOGIT_QPARAMS = (1 / 16, 0)
+# The logit of a padding class: far below the int8 floor of CLS_LOGIT_QPARAMS (-128 / 16 = -8), so the
+# int8 and Edge TPU models hold the lowest representable logit (sigmoid 0.0003, below any threshold a
+# detector uses; the runtime never selects a logit at the floor), and the float model's score (2e-9) is
+# below every threshold the runtime accepts (edge_yolov9.decode.logit floors thresholds at 1e-7).
+PADDING_LOGIT = -20.0
 
 
 class ConversionError(EdgeYoloError):
@@ -101,14 +110,34 @@ def channels_last_module(model: YOLO) -> nn.Module:
     return litert_torch.to_channel_last_io(RawHeadOutputs(model), args=[0], outputs=outputs).eval()
 
 
+def with_padding_classes(model: YOLO, count: int) -> YOLO:
+    """A copy of ``model`` whose last class conv of each level has ``count`` more outputs, with zero
+    weights and bias PADDING_LOGIT (classes that never score); ``model`` itself when ``count`` is 0."""
+    if count == 0:
+        return model
+    padded = copy.deepcopy(model)
+    for branch in padded.head.cls:
+        conv = branch[-1]
+        wider = nn.Conv2d(conv.in_channels, conv.out_channels + count, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True)
+        with torch.no_grad():
+            wider.weight.zero_()
+            wider.weight[:conv.out_channels] = conv.weight
+            wider.bias.fill_(PADDING_LOGIT)
+            wider.bias[:conv.out_channels] = conv.bias
+        branch[-1] = wider
+    return padded
+
+
 class FrigateOutputs(nn.Module):
-    """Frigate's yolo-generic layout: (1, N, 4 * reg_max) box bins and (1, N, NC) class logits, each
-    level's NHWC map flattened row-major (a RESHAPE that keeps the channels innermost, no TRANSPOSE)
+    """Frigate's yolo-generic layout: (1, N, 4 * reg_max) box bins and (1, N, NC + padding) class logits,
+    each level's NHWC map flattened row-major (a RESHAPE that keeps the channels innermost, no TRANSPOSE)
     and the levels concatenated finest first."""
 
     def __init__(self, model: YOLO):
         super().__init__()
-        self.levels = channels_last_module(model)
+        padding = frigate.padding_classes(model.num_classes)
+        self.levels = channels_last_module(with_padding_classes(model, padding))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [level.reshape(level.shape[0], -1, level.shape[-1]) for level in self.levels(images)]

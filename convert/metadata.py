@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from edge_yolov9.model_file import METADATA_NAME, build_metadata as model_file_metadata, encode_metadata, \
     for_compiled
 
+from .frigate import padding_classes
 from .tflite_model import TFLiteModel
 
 if TYPE_CHECKING:  # export imports torch; reading and writing metadata must not
@@ -39,7 +40,8 @@ def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str
         return model_file_metadata(
             input_tensor=image.to_dict(), output_tensors=[t.to_dict() for t in tflite.outputs], outputs=outputs,
             model_name=model_name, labels=labels, imgsz=imgsz, strides=strides, reg_max=reg_max, variant=variant,
-            layout=layout, source={"checkpoint": str(checkpoint) if checkpoint else None, "sha256": checkpoint_sha256},
+            layout=layout, padding_classes=padding_classes(len(labels)) if layout == "frigate" else 0,
+            source={"checkpoint": str(checkpoint) if checkpoint else None, "sha256": checkpoint_sha256},
             calibration=calibration, converter=converter_versions())
     except ValueError as err:
         raise ValueError(f"{tflite.source}: {err}") from None

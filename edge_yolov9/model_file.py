@@ -5,8 +5,11 @@ The metadata (format ``edge-yolov9-tflite``, a version) is a JSON object, writte
 ``<model>.json`` beside each .tflite and embedded in the .tflite as model metadata named ``edge_yolov9``.
 It describes the input (layout, dtype, quantization, how pixels become the network input), the output
 layout and every output tensor (level, stride, box|cls, shape, quantization), the labels, and where
-the model came from. A reader meets only metadata this module built, checked against the interpreter
-that loaded the model. ``edgetpu_compiler`` names its output ``<stem>_edgetpu.tflite``; the CPU model
+the model came from. A class tensor may hold ``padding_classes`` more channels than there are labels
+(the frigate layout's classes that never score, after the labels): no label names them, and the
+postprocessing never selects their logits, which sit at the floor of the int8 range. A reader meets
+only metadata this module built, checked against the interpreter that loaded the model.
+``edgetpu_compiler`` names its output ``<stem>_edgetpu.tflite``; the CPU model
 beside it is the compiled model's CPU twin.
 """
 
@@ -87,6 +90,7 @@ class ModelInfo:
     variant: str = "cpu"
     layout: str = "raw"  # "raw": a (1, H, W, C) map per level; "frigate": (1, N, C) rows of all levels
     level_strides: tuple[int, ...] = ()  # the frigate layout's levels (a raw output has its own stride)
+    padding_classes: int = 0  # class channels after the labels' that never score (see the module docstring)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -119,9 +123,12 @@ class ModelInfo:
                 raise ValueError(f"'labels' must be a list of names, got {labels!r:.80}")
             if layout not in LAYOUTS:
                 raise ValueError(f"unknown layout {layout!r}")
+            padding = meta.get("padding_classes", 0)
+            if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+                raise ValueError(f"'padding_classes' must be a count of classes, got {padding!r:.80}")
             return cls(tuple(labels), spec(meta["input"]), tuple(spec(o) for o in meta["outputs"]),
                        meta.get("variant", "cpu"), layout,
-                       tuple(int(s) for s in meta["strides"]) if layout == "frigate" else ())
+                       tuple(int(s) for s in meta["strides"]) if layout == "frigate" else (), padding)
         except KeyError as err:
             raise ModelError(f"Model metadata is incomplete (missing {err})",
                              "re-convert the model with `edge-yolov9 convert`") from None
@@ -212,8 +219,10 @@ def _layout_problems(info: ModelInfo) -> list[str]:
     if len(info.input.shape) != 4 or info.input.shape[3] != 3:
         return [f"input shape {list(info.input.shape)} is not (1, H, W, 3)"]
     height, width = info.size
-    problems = [f"output {o.name!r} has {o.shape[-1]} channels, not the {len(info.labels)} labels"
-                for o in classes if o.shape[-1] != len(info.labels)]
+    channels = len(info.labels) + info.padding_classes
+    padded = f" + {info.padding_classes} padding" if info.padding_classes else ""
+    problems = [f"output {o.name!r} has {o.shape[-1]} channels, not the {len(info.labels)} labels{padded}"
+                for o in classes if o.shape[-1] != channels]
     strides = info.strides
     if any(not isinstance(s, int) or s <= 0 or height % s or width % s for s in strides):
         return problems + [f"strides {list(strides)} do not divide the input size {height}x{width}"]
@@ -257,12 +266,13 @@ def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInf
 
 def build_metadata(*, input_tensor: Mapping[str, Any], output_tensors: Sequence[Mapping[str, Any]],
                    outputs: Sequence[Any], model_name: str, labels: Sequence[str], imgsz: int,
-                   strides: Sequence[int], reg_max: int, variant: str, layout: str = "raw",
+                   strides: Sequence[int], reg_max: int, variant: str, layout: str = "raw", padding_classes: int = 0,
                    source: Mapping[str, Any] | None = None, calibration: Mapping[str, Any] | None = None,
                    converter: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The metadata of one converted file. ``input_tensor`` and ``output_tensors`` describe the file's
     tensors (index, name, dtype, shape, scale, zero_point) in graph order; ``outputs`` are the exported
-    outputs (name, level, stride, kind) in the same order, in ``layout``."""
+    outputs (name, level, stride, kind) in the same order, in ``layout``; each class output has
+    ``padding_classes`` channels after the labels' (see the module docstring)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if len(output_tensors) != len(outputs):
@@ -280,6 +290,7 @@ def build_metadata(*, input_tensor: Mapping[str, Any], output_tensors: Sequence[
         "variant": variant,
         "labels": list(labels),
         "num_classes": len(labels),
+        "padding_classes": padding_classes,
         "input": {**input_tensor, "position": 0, "layout": "NHWC", "size": [imgsz, imgsz],
                   # network input = pixel / 255; an integer input holds round(pixel / 255 / scale) + zero_point
                   "pixel_scale": 1 / 255,

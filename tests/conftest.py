@@ -117,15 +117,14 @@ def conversions(tmp_path_factory, ball_checkpoint, coco128) -> Path:
     """Four ``edge-yolov9 convert --edgetpu`` runs, side by side in subprocesses (one core each), with no
     edgetpu_compiler on PATH: ``320/`` the real model with int8 I/O; ``416/`` a shallower GELAN-T
     (csp_depth 1: the same ops, faster to convert; 80 classes) with --uint8-io, calibrated from a data.yaml;
-    ``512/`` that GELAN-T at 512; ``frigate/`` the real model with a second, never-scoring class (Frigate's
-    layout needs two) in the frigate layout, calibrated as ``320/``."""
+    ``512/`` that GELAN-T at 512; ``frigate/`` the real 1-class model in the frigate layout (which gives it a
+    padding class: Frigate's needs two), calibrated as ``320/``."""
     from edge_yolov9.train.checkpoint import save_checkpoint
-    from support.conversions import convert_side_by_side, shared_artifact, trained_like, with_pinned_class
+    from support.conversions import convert_side_by_side, shared_artifact, trained_like
 
     def produce(folder: Path) -> None:
         imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
         save_checkpoint(folder / "shallow-t.pt", trained_like(imgs, csp_depth=1), [f"class{i}" for i in range(80)])
-        with_pinned_class(ball_checkpoint, folder / "ball-2class.pt")
         (folder / "data.yaml").write_text(f"path: {coco128}\ntrain: images/train2017\nnames: [a]\n")
         coco_images = str(coco128 / "images" / "train2017")
         convert_side_by_side(folder, {
@@ -134,7 +133,7 @@ def conversions(tmp_path_factory, ball_checkpoint, coco128) -> Path:
                     "--calib-images", "4", "--uint8-io"],
             "512": ["--model", str(folder / "shallow-t.pt"), "--imgsz", "512", "--calib", coco_images,
                     "--calib-images", "4"],
-            "frigate": ["--model", str(folder / "ball-2class.pt"), "--imgsz", "320", "--calib", coco_images,
+            "frigate": ["--model", str(ball_checkpoint), "--imgsz", "320", "--calib", coco_images,
                         "--calib-images", "16", "--layout", "frigate"],
         })
 

@@ -1,32 +1,36 @@
 """``convert --layout frigate``: the two tensors Frigate's Edge TPU ``yolo-generic`` detector reads.
 
-The real 'ball' YOLOv9-T, given a second class that never scores (Frigate's layout needs two), is
-converted at 320 in the frigate layout with the calibration of the raw ``320/`` run (conftest
-``conversions``). Its outputs are read here by our own numpy reading of Frigate's contract (nothing
-of edge_yolov9.decode) and by the Detector, which agree; and the Detector finds on it what it finds
-on the raw-layout model.
+The real 1-class 'ball' YOLOv9-T is converted at 320 in the frigate layout, which gives it a padding
+class that never scores (Frigate's layout needs two), with the calibration of the raw ``320/`` run
+(conftest ``conversions``). Its outputs are read here by our own numpy reading of Frigate's contract
+(nothing of edge_yolov9.decode) and by the Detector, which agree; and the Detector finds on it what it
+finds on the raw-layout model, never the padding class.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+import torch
 from ai_edge_litert.interpreter import Interpreter
 
-from edge_yolov9.convert.export import check_fully_integer
-from edge_yolov9.convert.frigate import write_labelmap
+from edge_yolov9.convert.export import PADDING_LOGIT, FrigateOutputs, check_fully_integer, prepare_for_export
+from edge_yolov9.convert.frigate import PADDING_LABEL, write_labelmap
 from edge_yolov9.convert.tflite_model import TFLiteModel
 from edge_yolov9.cli import main
 from edge_yolov9.decode import flatten_level, split_levels
 from edge_yolov9.detector import Detector
+from edge_yolov9.errors import ModelError
+from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
 from support.conversions import CONFIDENT_IMAGES
 from edge_yolov9.train.checkpoint import save_checkpoint
 from edge_yolov9.train.models import create_model
 
-SIZE, STRIDES, LABELS = 320, (8, 16, 32), ["ball", "never"]
+SIZE, STRIDES, LABELS = 320, (8, 16, 32), ["ball"]
 SHAPES = [(SIZE // s, SIZE // s) for s in STRIDES]
 ROWS = sum(h * w for h, w in SHAPES)  # 40*40 + 20*20 + 10*10 = 2100
 BOX_ATOL = 1.0  # px at 320: see test_detector_finds_the_same_on_both_layouts
@@ -73,7 +77,7 @@ def test_cli_writes_the_labelmap_and_prints_the_frigate_config(out_frigate):
     stdout = (out_frigate / "stdout.txt").read_text()
     assert (out_frigate / "exit_code").read_text() == "3", stdout  # --edgetpu without a compiler
     out = out_frigate / "out"
-    assert (out / "labelmap.txt").read_text() == "0 ball\n1 never\n"
+    assert (out / "labelmap.txt").read_text() == f"0 ball\n1 {PADDING_LABEL}\n"
     config = stdout[stdout.index("detectors:\n"):]
     for line in ("  coral:", "    type: edgetpu", "    device: usb", "model:",
                  "  path: /config/model_cache/model_int8_edgetpu.tflite",
@@ -81,9 +85,13 @@ def test_cli_writes_the_labelmap_and_prints_the_frigate_config(out_frigate):
                  f"  width: {SIZE}", f"  height: {SIZE}", "  input_tensor: nhwc", "  input_pixel_format: rgb",
                  "  input_dtype: int"):
         assert f"\n{line}\n" in f"\n{config}", line
+    tracked = config.split("\nobjects:\n  track:\n", 1)[1].splitlines()  # Frigate tracks only person by default
+    assert [line for line in tracked if line.startswith("    - ")] == tracked[:1] == ["    - ball"]
+    assert "min_score defaults to 0.5" in config
     assert f"edge-yolov9 edgetpu {out / 'model_int8.tflite'} --compile" in stdout  # nothing compiled yet
     meta = json.loads((out / "model_int8.json").read_text())
     assert meta["layout"] == "frigate" and meta["strides"] == list(STRIDES) and meta["labels"] == LABELS
+    assert (meta["num_classes"], meta["padding_classes"]) == (1, 1)
     assert [(o["name"], o["kind"], o["shape"], o["layout"], o["level"]) for o in meta["outputs"]] == [
         ("box_rows", "box", [1, ROWS, 64], "rows", None), ("cls_rows", "cls", [1, ROWS, 2], "rows", None)]
 
@@ -127,7 +135,7 @@ def test_frigate_reading_equals_the_detector(out_frigate, coco128, name):
 
 @pytest.mark.parametrize("name", CONFIDENT_IMAGES)
 def test_detector_finds_the_same_on_both_layouts(out_frigate, out320, coco128, name):
-    """The ball logits are bit-identical (same network, calibration and fixed logit range; the pinned class
+    """The ball logits are bit-identical (same network, calibration and fixed logit range; the padding class
     sits at the floor). The box bins differ only by rounding: the frigate layout has one scale for the
     three levels (the stride-16 and -32 bins get a 2-3x coarser step than their own, and the stride-16
     range is no longer saturated). Boxes move by up to 0.52 px on 32 coco128 images at 320: BOX_ATOL."""
@@ -147,8 +155,31 @@ def test_detector_finds_the_same_on_both_layouts(out_frigate, out320, coco128, n
         ours, reference = (Detector(model, device="cpu", threads=1, score_threshold=threshold, iou_threshold=iou,
                                     max_detections=10**5).detect(image) for model in models)
         assert len(ours) == len(reference) >= 1
-        assert [(d.class_id, d.score) for d in ours] == [(d.class_id, d.score) for d in reference]
+        assert [(d.class_id, d.label, d.score) for d in ours] == [(d.class_id, d.label, d.score) for d in reference]
         np.testing.assert_allclose([tuple(d.box) for d in ours], [tuple(d.box) for d in reference], atol=BOX_ATOL)
+        assert min(a.box.iou(b.box) for a, b in zip(ours, reference)) >= 0.95
+
+
+@pytest.mark.parametrize("model", ["model_int8.tflite", "model_float.tflite"])
+def test_the_padding_class_is_never_reported(out_frigate, coco128, model):
+    """Even below the padding logit's own score (int8: sigmoid(-8) = 0.0003), every class of every anchor
+    looked at (multi-label, no suppression), the Detector reports only the labels' class."""
+    detector = Detector(out_frigate / "out" / model, device="cpu", threads=1, score_threshold=1e-9,
+                        iou_threshold=1.0, max_detections=10**5, multi_label=True)
+    assert (detector.info.labels, detector.info.padding_classes) == (("ball",), 1)
+    found = detector.detect(canvas(coco128, CONFIDENT_IMAGES[0]))
+    assert len(found) >= 5 and {(d.class_id, d.label) for d in found} == {(0, "ball")}
+
+
+def test_the_recorded_padding_must_match_the_class_tensor(out_frigate, tmp_path):
+    """Metadata that does not count the padding channel does not describe the model: a clear error."""
+    (tmp_path / "model_int8.tflite").write_bytes((out_frigate / "out" / "model_int8.tflite").read_bytes())
+    meta = json.loads((out_frigate / "out" / "model_int8.json").read_text())
+    for padding, problem in ((0, "has 2 channels, not the 1 labels"), (2, "not the 1 labels + 2 padding"),
+                             (-1, "'padding_classes' must be a count of classes")):
+        (tmp_path / "model_int8.json").write_text(json.dumps({**meta, "padding_classes": padding}))
+        with pytest.raises(ModelError, match=re.escape(problem)):
+            Detector(tmp_path / "model_int8.tflite", device="cpu")
 
 
 def test_float_model_holds_the_raw_float_outputs(out_frigate, out320, coco128):
@@ -163,24 +194,46 @@ def test_float_model_holds_the_raw_float_outputs(out_frigate, out320, coco128):
     (boxes, logits), raw = outputs
     np.testing.assert_allclose(boxes, np.concatenate([flatten_level(m, True) for m in raw[0::2]]), atol=1e-5)
     np.testing.assert_allclose(logits[:, :1], np.concatenate([flatten_level(m, True) for m in raw[1::2]]), atol=1e-5)
+    np.testing.assert_array_equal(logits[:, 1], PADDING_LOGIT)
 
 
 # ------------------------------------------------------------------------------------- bad input, parts
-@pytest.mark.parametrize("classes, reason", [
-    (1, "Frigate finds the class tensor by a last dimension > 1"),
-    (64, "could take the class tensor for the boxes"),
-])
-def test_models_frigate_cannot_read_are_refused_before_converting(tmp_path, coco128, capsys, monkeypatch,
-                                                                 classes, reason):
+def test_a_64_class_model_gets_a_65th_padding_class():
+    """Frigate would take a (1, N, 64) class tensor for the box bins: the class tensor gets a 65th channel,
+    PADDING_LOGIT everywhere, and the 64 classes compute what the raw head computes."""
+    model = prepare_for_export(create_model("gelan-t", num_classes=64, csp_depth=1).eval())
+    image = torch.rand(1, SIZE, SIZE, 3)
+    with torch.no_grad():
+        boxes, logits = FrigateOutputs(model).eval()(image)
+        raw = model(image.permute(0, 3, 1, 2)).main
+    assert (boxes.shape, logits.shape) == ((1, ROWS, 64), (1, ROWS, 65))
+    assert (logits[..., 64] == PADDING_LOGIT).all()
+    expected = torch.cat([level.cls.permute(0, 2, 3, 1).reshape(1, -1, 64) for level in raw], dim=1)
+    torch.testing.assert_close(logits[..., :64], expected)
+
+
+def test_postprocess_never_selects_a_logit_at_the_int8_floor():
+    """The floor (-128) holds any logit at or below it (the padding class's): below every threshold, even one
+    under its own dequantized score; one step above it is a score like any other."""
+    cls = np.full((2, 2, 2), -128, np.int8)
+    cls[0, 0, 0] = -127
+    box = np.zeros((2, 2, 64), np.int8)
+    config = PostprocessConfig(score_threshold=1e-9, iou_threshold=1.0, multi_label=True)
+    _, scores, class_ids = postprocess([box], [cls], channels_last=True, config=config, strides=(16,),
+                                       box_quant=[(1 / 16, 0)], cls_quant=[(1 / 16, 0)])
+    assert list(class_ids) == [0] and scores[0] == pytest.approx(1 / (1 + np.exp(127 / 16)))
+
+
+def test_models_frigate_cannot_read_are_refused_before_converting(tmp_path, coco128, capsys, monkeypatch):
     import edge_yolov9.convert.pipeline
 
     monkeypatch.setattr(edge_yolov9.convert.pipeline, "prepare_for_export", lambda *a: pytest.fail("conversion work started"))
-    save_checkpoint(tmp_path / "model.pt", create_model("gelan-t", num_classes=classes),
-                    [f"c{i}" for i in range(classes)])
+    save_checkpoint(tmp_path / "model.pt", create_model("gelan-t", num_classes=2), ["line\nbreak", "c1"])
     assert main(["convert", "--model", str(tmp_path / "model.pt"), "--calib", str(coco128), "--calib-images", "1",
                  "--layout", "frigate", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "The frigate layout cannot hold this model" in err and reason in err and "Traceback" not in err
+    assert "The frigate layout cannot hold this model" in err and "hold line breaks, which labelmap.txt cannot" in err
+    assert "Traceback" not in err
     assert "fix: convert with --layout raw" in err
     assert not (tmp_path / "out").exists()
 

@@ -62,30 +62,6 @@ def trained_like(imgs: list[Path], name: str = "gelan-t", **overrides) -> torch.
     return estimate_batchnorm_statistics(create_model(name, num_classes=80, **overrides), imgs)
 
 
-def with_pinned_class(checkpoint: Path, target: Path, label: str = "never", logit: float = -20.0) -> Path:
-    """The detector of ``checkpoint`` with one more class whose logit is ``logit`` everywhere (zero weights,
-    far below the int8 range): its own classes compute exactly what they did, and it has the two classes
-    Frigate's layout needs."""
-    import torch
-
-    from edge_yolov9.train.checkpoint import load_checkpoint, save_checkpoint
-    from edge_yolov9.train.models import create_model
-
-    model, labels, _ = load_checkpoint(checkpoint)
-    wider = create_model(model.cfg.replace(num_classes=len(labels) + 1))
-    state = model.state_dict()
-    grown = {}
-    for key, value in wider.state_dict().items():
-        old = state[key]
-        if old.shape != value.shape:  # the last class convs: one more output channel
-            value = torch.zeros_like(value) if key.endswith("weight") else torch.full_like(value, logit)
-            value[: len(old)] = old
-            old = value
-        grown[key] = old
-    wider.load_state_dict(grown)
-    return save_checkpoint(target, wider, [*labels, label])
-
-
 def fake_edgetpu_model(source: Path, target: Path) -> Path:
     """A copy of ``source`` that declares the Edge TPU custom op, as an edgetpu_compiler output does."""
     from ai_edge_litert import schema_py_generated as schema
