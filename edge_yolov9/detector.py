@@ -172,6 +172,9 @@ class Detector:
                                 f"(0..{len(info.labels) - 1})", "pass class ids of this model (its labels "
                                 "are in `edge-yolov9 doctor --model`)")
         self._bind_tensors()
+        # The class channels a model has beyond its labels (the frigate layout's padding) are never decoded.
+        self._decoding = self.config if not info.padding_classes or self.config.classes is not None else \
+            replace(self.config, classes=tuple(range(len(info.labels))))
 
     def _choose_model_file(self, path: Path, requested: Device) -> tuple[Path, TFLiteFile, Any]:
         """The file to run and, for an Edge TPU model, its delegate (loaded once, here, after a child
@@ -253,9 +256,9 @@ class Detector:
 
     def decode(self, raw: RawOutputs, placement: Letterbox) -> list[Detection]:
         """Detections of one inference, boxes in the image's pixels, best first."""
-        boxes, scores, class_ids = postprocess(raw.box_levels, raw.cls_levels, channels_last=True, config=self.config,
-                                               strides=self._strides, box_quant=raw.box_quant,
-                                               cls_quant=raw.cls_quant)
+        boxes, scores, class_ids = postprocess(raw.box_levels, raw.cls_levels, channels_last=True,
+                                               config=self._decoding, strides=self._strides,
+                                               box_quant=raw.box_quant, cls_quant=raw.cls_quant)
         boxes = placement.to_image(boxes)
         labels = self.info.labels
         return [Detection(Box(*map(float, b)), float(s), int(c), labels[c] if c < len(labels) else str(c))

@@ -66,10 +66,7 @@ def _candidates(box_levels: Sequence[np.ndarray], cls_levels: Sequence[np.ndarra
     start = 0
     for level, (box, cls) in enumerate(zip(box_levels, cls_levels)):
         box, cls = flatten_level(box, channels_last), flatten_level(cls, channels_last)
-        level_cut = cut
-        if cls_quant is not None:  # the floor of the integer range is saturated (it holds every logit at or
-            # below it, a padding class's too: model_file), so it is never taken as above a threshold
-            level_cut = max(cut / cls_quant[level][0] + cls_quant[level][1], np.iinfo(cls.dtype).min)
+        level_cut = cut if cls_quant is None else cut / cls_quant[level][0] + cls_quant[level][1]
         rows, ids = select_classes(cls, level_cut, multi_label=config.multi_label, classes=config.classes)
         chosen, box_rows = cls[rows, ids], box[rows]
         if cls_quant is not None:

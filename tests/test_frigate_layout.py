@@ -24,7 +24,6 @@ from edge_yolov9.cli import main
 from edge_yolov9.decode import flatten_level, split_levels
 from edge_yolov9.detector import Detector
 from edge_yolov9.errors import ModelError
-from edge_yolov9.postprocess import PostprocessConfig, postprocess
 from edge_yolov9.preprocess import letterbox, load_image
 from support.conversions import CONFIDENT_IMAGES
 from edge_yolov9.train.checkpoint import save_checkpoint
@@ -210,18 +209,6 @@ def test_a_64_class_model_gets_a_65th_padding_class():
     assert (logits[..., 64] == PADDING_LOGIT).all()
     expected = torch.cat([level.cls.permute(0, 2, 3, 1).reshape(1, -1, 64) for level in raw], dim=1)
     torch.testing.assert_close(logits[..., :64], expected)
-
-
-def test_postprocess_never_selects_a_logit_at_the_int8_floor():
-    """The floor (-128) holds any logit at or below it (the padding class's): below every threshold, even one
-    under its own dequantized score; one step above it is a score like any other."""
-    cls = np.full((2, 2, 2), -128, np.int8)
-    cls[0, 0, 0] = -127
-    box = np.zeros((2, 2, 64), np.int8)
-    config = PostprocessConfig(score_threshold=1e-9, iou_threshold=1.0, multi_label=True)
-    _, scores, class_ids = postprocess([box], [cls], channels_last=True, config=config, strides=(16,),
-                                       box_quant=[(1 / 16, 0)], cls_quant=[(1 / 16, 0)])
-    assert list(class_ids) == [0] and scores[0] == pytest.approx(1 / (1 + np.exp(127 / 16)))
 
 
 def test_models_frigate_cannot_read_are_refused_before_converting(tmp_path, coco128, capsys, monkeypatch):
