@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_yolov9.detector import Detector
 from edge_yolov9.errors import ModelError
+from edge_yolov9.model_file import InputSize
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.types import Detection
 from edge_yolov9.train.data import load_data_config
@@ -112,7 +113,7 @@ class AccuracyReport:
     0.01 mAP; negative when int8 scores higher), ``passed`` whether it is within ``max_drop``."""
 
     val: str
-    imgsz: int
+    imgsz: InputSize
     pytorch: ModelAccuracy
     float_tflite: ModelAccuracy
     int8_tflite: ModelAccuracy
@@ -152,7 +153,7 @@ class AccuracyReport:
 
     def to_dict(self) -> dict[str, Any]:
         post = self.postprocess
-        return {"verdict": self.verdict, "val": self.val, "imgsz": self.imgsz,
+        return {"verdict": self.verdict, "val": self.val, "imgsz": str(self.imgsz),
                 "postprocess": {"score_threshold": post.score_threshold, "iou_threshold": post.iou_threshold,
                                 "max_detections": post.max_detections, "multi_label": post.multi_label},
                 "models": [asdict(row) for row in self.rows],
@@ -162,7 +163,7 @@ class AccuracyReport:
         """The Markdown report (also what the CLI prints)."""
         lines = [f"# int8 accuracy: {self.verdict}", "",
                  f"Val set: {self.val}, {self.pytorch.images} images, {self.pytorch.instances} objects.  ",
-                 f"COCO mAP (faster-coco-eval) at {self.imgsz}x{self.imgsz}; {self.thresholds()}.", "",
+                 f"COCO mAP (faster-coco-eval) at {self.imgsz.width}x{self.imgsz.height}; {self.thresholds()}.", "",
                  "| model | file | mAP50-95 | mAP50 | images | instances |", "|---|---|---|---|---|---|"]
         lines += [f"| {r.model} | {r.file} | {r.map50_95:.4f} | {r.map50:.4f} | {r.images} | {r.instances} |"
                   for r in self.rows]
@@ -181,7 +182,7 @@ def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_mo
     """Score the deploy-form PyTorch model (from ``checkpoint``) and the two TFLite models on ``val_set``,
     at the TFLite models' input size."""
     float_predictor, int8_predictor = TFLitePredictor(float_model), TFLitePredictor(int8_model)
-    imgsz = int8_predictor.detector.info.size[0]
+    imgsz = InputSize(*int8_predictor.detector.info.size)
     logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
                 len(val_set.eval_set.image_paths))
     scores = [ModelAccuracy.from_metrics(name, file, evaluate(val_set.eval_set, predictor,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from edge_yolov9.errors import DatasetError, ImageError
+from edge_yolov9.model_file import InputSize
 from edge_yolov9.preprocess import IMAGE_SUFFIXES, letterbox, load_image
 from edge_yolov9.sources import folder_images
 
@@ -74,7 +75,7 @@ class CalibrationSet:
 
     source: str
     images: tuple[Path, ...]
-    imgsz: int
+    imgsz: tuple[int, int]  # (height, width)
     outliers: tuple[Path, ...] = ()  # left out by without_outliers
 
     def inputs(self) -> Iterator[np.ndarray]:
@@ -159,6 +160,6 @@ def outlier_rows(peaks: np.ndarray, ratio: float = OUTLIER_PEAK_RATIO, layer_sha
     return order[:int(max_share * len(peaks))]
 
 
-def calibration_set(source: str | os.PathLike, imgsz: int,
+def calibration_set(source: str | os.PathLike, imgsz: int | tuple[int, int],
                     limit: int = DEFAULT_CALIBRATION_IMAGES) -> CalibrationSet:
-    return CalibrationSet(str(source), tuple(find_calibration_images(source, limit)), imgsz)
+    return CalibrationSet(str(source), tuple(find_calibration_images(source, limit)), InputSize.of(imgsz))

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from edge_yolov9.errors import EdgeYoloError, ModelError
-from edge_yolov9.model_file import LAYOUTS
+from edge_yolov9.model_file import LAYOUTS, InputSize
 from edge_yolov9.train.models import YOLO
 from edge_yolov9.train.models.deploy import deploy_model
 
@@ -191,8 +191,9 @@ def _quiet_converter() -> Iterator[None]:
             litert_torch.config.show_progress = previous
 
 
-def _sample_input(imgsz: int) -> torch.Tensor:
-    return torch.zeros(1, imgsz, imgsz, 3)
+def _sample_input(imgsz: int | tuple[int, int]) -> torch.Tensor:
+    height, width = InputSize.of(imgsz)
+    return torch.zeros(1, height, width, 3)
 
 
 def _finish(content: bytes, model: YOLO, layout: str) -> TFLiteModel:
@@ -205,7 +206,7 @@ def _finish(content: bytes, model: YOLO, layout: str) -> TFLiteModel:
     return TFLiteModel.from_bytes(tflite.to_bytes(), source="converted model")
 
 
-def convert_float(model: YOLO, imgsz: int, layout: str = "raw") -> TFLiteModel:
+def convert_float(model: YOLO, imgsz: int | tuple[int, int], layout: str = "raw") -> TFLiteModel:
     """Float32 TFLite of a deploy model: NHWC float input in [0, 1], float outputs in ``layout``."""
     import litert_torch
 
@@ -215,7 +216,8 @@ def convert_float(model: YOLO, imgsz: int, layout: str = "raw") -> TFLiteModel:
     return _finish(content, model, layout)
 
 
-def convert_int8(model: YOLO, imgsz: int, calibration: Iterable[np.ndarray], layout: str = "raw") -> TFLiteModel:
+def convert_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterable[np.ndarray],
+                 layout: str = "raw") -> TFLiteModel:
     """Fully int8 TFLite: int8 weights (per channel) and activations, int8 input fixed at scale 1/255,
     zero point -128 (``pixel - 128``), int8 outputs in ``layout`` (raw: six, each with its own scale;
     class logits always on CLS_LOGIT_QPARAMS).

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edge_yolov9.errors import ModelError
-from edge_yolov9.model_file import STRIDES, edgetpu_path
+from edge_yolov9.model_file import STRIDES, InputSize, edgetpu_path
 
 LABELMAP = "labelmap.txt"
 EDGETPU_MODEL = edgetpu_path("model_int8.tflite").name
@@ -56,7 +56,7 @@ def write_labelmap(path: Path, labels: Sequence[str]) -> Path:
     return path
 
 
-def instructions(out_dir: Path, imgsz: int, compiled: bool, labels: Sequence[str],
+def instructions(out_dir: Path, imgsz: int | tuple[int, int], compiled: bool, labels: Sequence[str],
                  folder: str = "/config/model_cache") -> str:
     """How to use a converted model in Frigate: the ``detectors``/``model`` part of its config, and
     ``objects: track:`` with the model's labels: Frigate tracks only ``person`` unless told otherwise, and
@@ -75,8 +75,8 @@ def instructions(out_dir: Path, imgsz: int, compiled: bool, labels: Sequence[str
         f"  path: {folder}/{EDGETPU_MODEL}",
         f"  labelmap_path: {folder}/{LABELMAP}",
         "  model_type: yolo-generic",
-        f"  width: {imgsz}",
-        f"  height: {imgsz}",
+        f"  width: {InputSize.of(imgsz).width}",
+        f"  height: {InputSize.of(imgsz).height}",
         "  input_tensor: nhwc",
         "  input_pixel_format: rgb",
         "  input_dtype: int",

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from edge_yolov9.cli import CONVERT_INPUT_SIZES
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
-from edge_yolov9.model_file import edgetpu_path, sidecar_path, write_sidecar
+from edge_yolov9.model_file import InputSize, edgetpu_path, sidecar_path, write_sidecar
 from edge_yolov9.train.checkpoint import choose_input_size, file_sha256, load_checkpoint
 from edge_yolov9.train.models import YOLO
 
@@ -52,7 +52,7 @@ PRODUCTS = (FLOAT_MODEL, sidecar_path(FLOAT_MODEL).name, INT8_MODEL, sidecar_pat
 @dataclass(frozen=True)
 class ConvertOptions:
     checkpoint: Path
-    imgsz: int | None  # None: the size the model was trained at; either is checked against CONVERT_INPUT_SIZES
+    imgsz: int | tuple[int, int] | None  # None: the training size; (height, width) or a square; see CONVERT_INPUT_SIZES
     calib: Path
     out_dir: Path
     calib_images: int = DEFAULT_CALIBRATION_IMAGES
@@ -70,7 +70,7 @@ class ConvertOptions:
 @dataclass
 class ConvertResult:
     out_dir: Path
-    imgsz: int
+    imgsz: InputSize
     files: dict[str, Path]
     precheck: EdgeTpuReport
     compile: CompileResult | None = None
@@ -159,8 +159,8 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
     val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
     deployed = prepare_for_export(model)
     calibration = calibration.without_outliers(deployed)
-    logger.info("Converting %s (%d classes) at %dx%d, calibrating on %d images from %s", model.cfg.name,
-                len(labels), imgsz, imgsz, len(calibration.images), calibration.source)
+    logger.info("Converting %s (%d classes) at %s, calibrating on %d images from %s", model.cfg.name,
+                len(labels), imgsz, len(calibration.images), calibration.source)
 
     staging = _Staging.open(options.out_dir)
     try:

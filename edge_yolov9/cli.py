@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import EdgeYoloError
-from .model_file import STRIDES
+from .model_file import STRIDES, InputSize
 
 logger = logging.getLogger("edge_yolov9")
 COMMANDS_GROUP = "edge_yolov9.commands"
@@ -95,9 +95,9 @@ def _allowed(kind: str, low: float | None, high: float | None, low_open: bool, h
 
 @dataclass(frozen=True)
 class InputSizes:
-    """The square network input sizes a command takes: multiples of the largest stride from ``low`` to
-    ``high``. Defined once per use below, and checked the same way at parse time (:meth:`arg`) and for
-    API callers and sizes read from a model (:meth:`check`)."""
+    """The network input sizes a command takes: each side a multiple of the largest stride from ``low`` to
+    ``high``; a square (320) or WIDTHxHEIGHT (384x224). Defined once per use below, and checked the same way
+    at parse time (:meth:`arg`) and for API callers and sizes read from a model (:meth:`check`)."""
 
     low: int
     high: int
@@ -105,19 +105,30 @@ class InputSizes:
 
     @property
     def allowed(self) -> str:
-        return f"a multiple of {MAX_STRIDE} from {self.low} to {self.high}"
+        return (f"one size or WIDTHxHEIGHT, each side a multiple of {MAX_STRIDE} from {self.low} to {self.high} "
+                "(e.g. 320, or 384x224 for a 16:9 camera)")
 
-    def arg(self) -> Callable[[str], int]:
+    def arg(self) -> Callable[[str], InputSize]:
         """The argparse ``type``."""
-        return int_arg(self.low, self.high, multiple_of=MAX_STRIDE, hint=" (e.g. 320 or 640)")
+        def parse(text: str) -> InputSize:
+            try:
+                return self.check(text, "--imgsz")
+            except (ValueError, EdgeYoloError) as err:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a supported size; use {self.allowed}") from err
+        return parse
 
-    def check(self, size: Any, source: str) -> int:
-        """``size`` if allowed; otherwise an EdgeYoloError naming it, where it came from (``source``) and
-        the sizes allowed."""
-        if type(size) is not int or not _in_range(size, self.low, self.high, MAX_STRIDE):
-            raise EdgeYoloError(f"Input size {size!r} ({source}) is not supported for {self.purpose}",
+    def check(self, size: Any, source: str) -> InputSize:
+        """``size`` (an int, a (height, width) pair or text) if allowed; otherwise an EdgeYoloError naming it,
+        where it came from (``source``) and the sizes allowed."""
+        try:
+            parsed = InputSize.of(size)
+        except ValueError:
+            parsed = None
+        if parsed is None or not all(_in_range(side, self.low, self.high, MAX_STRIDE) for side in parsed):
+            shown = size if parsed is None or isinstance(size, (int, str)) else parsed
+            raise EdgeYoloError(f"Input size {shown} ({source}) is not supported for {self.purpose}",
                                 f"pass --imgsz with {self.allowed}")
-        return size
+        return parsed
 
 
 # Training, validation and the zoo's figures: below 64 px the P5 map is 2x2; above 1280 nothing fits a small

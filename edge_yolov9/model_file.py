@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -40,6 +40,34 @@ DECODE = {
                "each row-major), then edge_yolov9.postprocess.postprocess(box_levels, cls_levels, "
                "channels_last=True) on dequantized outputs: (q - zero_point) * scale",
 }
+
+
+class InputSize(NamedTuple):
+    """The network input as every array shape has it, (height, width); written as screens are named,
+    WIDTHxHEIGHT ("384x224" for a 16:9 camera); read also as one number for a square."""
+
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, value: Any) -> "InputSize":
+        """From an int (a square), an (height, width) pair, or text: "320" or "WIDTHxHEIGHT"."""
+        if isinstance(value, str):
+            width, _, height = value.strip().lower().partition("x")
+            try:
+                return cls(int(height or width), int(width))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an input size: write 320, or WIDTHxHEIGHT such as 384x224") \
+                    from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(value, value)
+        if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+                isinstance(side, int) and not isinstance(side, bool) for side in value):
+            return cls(*value)
+        raise ValueError(f"{value!r} is not an input size: an int, or a (height, width) pair")
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -265,7 +293,7 @@ def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInf
 
 
 def build_metadata(*, input_tensor: Mapping[str, Any], output_tensors: Sequence[Mapping[str, Any]],
-                   outputs: Sequence[Any], model_name: str, labels: Sequence[str], imgsz: int,
+                   outputs: Sequence[Any], model_name: str, labels: Sequence[str], imgsz: int | tuple[int, int],
                    strides: Sequence[int], reg_max: int, variant: str, layout: str = "raw", padding_classes: int = 0,
                    source: Mapping[str, Any] | None = None, calibration: Mapping[str, Any] | None = None,
                    converter: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -291,7 +319,7 @@ def build_metadata(*, input_tensor: Mapping[str, Any], output_tensors: Sequence[
         "labels": list(labels),
         "num_classes": len(labels),
         "padding_classes": padding_classes,
-        "input": {**input_tensor, "position": 0, "layout": "NHWC", "size": [imgsz, imgsz],
+        "input": {**input_tensor, "position": 0, "layout": "NHWC", "size": list(InputSize.of(imgsz)),
                   # network input = pixel / 255; an integer input holds round(pixel / 255 / scale) + zero_point
                   "pixel_scale": 1 / 255,
                   "letterbox": {"pad_value": PAD_VALUE, "resample": "bilinear", "centered": True}},

@@ -86,7 +86,7 @@ def test_report_of_pytorch_float_and_int8(tmp_path, ball_checkpoint, ball_data, 
 
     objects = sum(len(p.read_text().splitlines()) for p in (ball_data.parent / "labels" / "val").iterdir())
     assert {(r["images"], r["instances"]) for r in report["models"]} == {(VAL_IMAGES, objects)}
-    assert report["val"] == f"`{ball_data}`, split `val` (YOLO labels)" and report["imgsz"] == 320
+    assert report["val"] == f"`{ball_data}`, split `val` (YOLO labels)" and report["imgsz"] == "320x320"
     evaluation = PostprocessConfig.for_evaluation()
     assert report["postprocess"] == {"score_threshold": evaluation.score_threshold, "multi_label": True,
                                      "iou_threshold": evaluation.iou_threshold,

@@ -99,7 +99,7 @@ def test_ultralytics_import_reads_train_args(ultralytics_t_checkpoint, tmp_path)
 @pytest.mark.parametrize("size", ["160", "192", "224", "640"])
 def test_convert_takes_160_to_640(size):
     args = build_parser().parse_args(["convert", "--model", "m.pt", "--calib", "c", "-o", "o", "--imgsz", size])
-    assert args.imgsz == int(size)
+    assert args.imgsz == (int(size), int(size))
 
 
 @pytest.mark.parametrize("size", ["128", "672", "300", "0"])
@@ -107,7 +107,7 @@ def test_convert_refuses_other_sizes_at_parse_time(size, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["convert", "--model", "m.pt", "--calib", "c", "-o", "o", "--imgsz", size])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "argument --imgsz: " in err and "from 160 to 640, a multiple of 32" in err, err
+    assert exit_.value.code == 2 and "argument --imgsz: " in err and "a multiple of 32 from 160 to 640" in err, err
 
 
 def test_convert_defaults_to_the_model_size():
@@ -123,19 +123,84 @@ def test_the_convert_api_refuses_a_bad_size_before_writing(tmp_path, coco128):
         convert_checkpoint(ConvertOptions(small, 128, coco128, tmp_path / "out"))
     assert err.value.fix == f"pass --imgsz with {CONVERT_INPUT_SIZES.allowed}"
     large = saved_model(tmp_path / "large.pt", input_size=1280)  # fine for train and val, too large to convert
-    with pytest.raises(EdgeYoloError, match=f"Input size 1280 \\(the training size stored in {large}\\) is not "
+    with pytest.raises(EdgeYoloError, match=f"Input size 1280x1280 \\(the training size stored in {large}\\) is not "
                                             "supported for conversion"):
         convert_checkpoint(ConvertOptions(large, None, coco128, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
-def test_a_rectangular_model_needs_an_explicit_square_size(tmp_path, coco128):
-    from edge_yolov9.convert.pipeline import ConvertOptions, convert_checkpoint
+@pytest.mark.parametrize("text, size", [("384x224", (224, 384)), ("224x384", (384, 224)), ("320", (320, 320))])
+def test_sizes_are_width_x_height_as_screens_are_named(text, size):
+    args = build_parser().parse_args(["convert", "--model", "m.pt", "--calib", "c", "-o", "o", "--imgsz", text])
+    assert args.imgsz == size and str(args.imgsz) == f"{size[1]}x{size[0]}"
 
-    path = saved_model(tmp_path / "wide.pt", input_size=(224, 384))
-    with pytest.raises(EdgeYoloError, match="trained at 224x384 .* only square inputs") as err:
-        convert_checkpoint(ConvertOptions(path, None, coco128, tmp_path / "out"))
-    assert err.value.fix == "pass --imgsz with a square size"
+
+def test_a_rectangular_input_costs_less_than_its_square(capsys):
+    assert main(["models", "--filter", "gelan-t", "--json", "--imgsz", "384x224"]) == 0
+    wide = json.loads(capsys.readouterr().out)[0]
+    assert main(["models", "--filter", "gelan-t", "--json", "--imgsz", "384"]) == 0
+    square = json.loads(capsys.readouterr().out)[0]
+    assert wide["image_size"] == "384x224" and wide["gflops"] < 0.62 * square["gflops"]
+
+
+def test_rectangular_training_samples_have_the_input_shape(coco128, tmp_path):
+    import numpy as np
+
+    from edge_yolov9.train.augment import AugmentConfig, augment, resize_to_fit
+    from edge_yolov9.train.data import list_split, load_data_config
+    from edge_yolov9.train.trainer import TrainDataset
+
+    samples = list_split(load_data_config(tiny_dataset(coco128, tmp_path, count=8)), "train")
+    dataset = TrainDataset(samples, (224, 384), AugmentConfig(), seed=0, cache=False)
+    for index in range(4):  # mosaics
+        image, targets = dataset[index]
+        assert tuple(image.shape) == (3, 224, 384)
+        assert len(targets) and targets[:, [1, 3]].max() <= 384 and targets[:, [2, 4]].max() <= 224
+    fitted = resize_to_fit(dataset.load(0), (224, 384))
+    assert fitted.image.shape[0] <= 224 and fitted.image.shape[1] <= 384 and 224 in fitted.image.shape[:2]
+    single = augment(0, dataset.load, len(dataset), (224, 384), np.random.default_rng(0), AugmentConfig(),
+                     use_mosaic=False)
+    assert single.image.shape == (224, 384, 3)
+
+
+@pytest.mark.slow
+def test_a_rectangular_model_trains_converts_and_detects_in_image_pixels(tmp_path, coco128, caplog):
+    """384x224 (a 16:9 camera's shape): one tiny epoch, a conversion with no --imgsz; the converted model
+    computes what PyTorch does on the runtime's rectangular letterbox, whose placement maps back to the
+    original image's pixels."""
+    import numpy as np
+
+    from edge_yolov9.detector import Detector
+    from edge_yolov9.preprocess import load_image
+    from edge_yolov9.train.models.deploy import deploy_model
+
+    data = tiny_dataset(coco128, tmp_path, count=4)
+    assert main(["train", "--model", "gelan-t", "--data", str(data), "--imgsz", "384x224", "--epochs", "1",
+                 "--batch", "4", "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"),
+                 "--name", "run"]) == 0
+    best = tmp_path / "runs" / "run" / "best.pt"
+    model, _, _ = load_checkpoint(best)
+    assert model.cfg.input_size == (224, 384)
+    caplog.set_level(logging.INFO)
+    assert main(["convert", "--model", str(best), "--calib", str(data), "--calib-images", "1", "--no-accuracy",
+                 "-o", str(tmp_path / "out")]) == 0
+    assert f"Input size 384x224: the training size stored in {best}" in caplog.text
+    detector = Detector(tmp_path / "out" / "model_float.tflite", device="cpu", threads=1)
+    assert detector.info.size == (224, 384)
+    photo = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[0]
+    assert load_image(photo).shape[:2] == (480, 640)  # letterboxed into 384x224 with bars left and right
+    prepared = detector.prepare(photo)
+    assert prepared.tensor.shape == (1, 224, 384, 3)
+    assert prepared.placement.pad_x == 42 and prepared.placement.pad_y == 0
+    np.testing.assert_allclose(prepared.placement.to_image(np.array([[42, 0, 342, 224]], np.float32)),
+                               [[0, 0, 640, 480]], atol=1.5)  # the picture's area on the input is the whole photo
+    raw = detector.run(prepared.tensor)
+    with torch.no_grad():
+        levels = deploy_model(model)(torch.from_numpy(prepared.tensor).permute(0, 3, 1, 2)).main
+    for level, box, cls in zip(levels, raw.box_levels, raw.cls_levels):  # the conversion is exact at 384x224
+        np.testing.assert_allclose(box, level.box[0].permute(1, 2, 0).numpy(), atol=1e-3)
+        np.testing.assert_allclose(cls, level.cls[0].permute(1, 2, 0).numpy(), atol=1e-3)
+    assert [tuple(b.shape[:2]) for b in raw.box_levels] == [(28, 48), (14, 24), (7, 12)]
 
 
 # ------------------------------------------------------------------------------------- val

@@ -107,10 +107,11 @@ def random_affine(sample: Annotated, rng: np.random.Generator, cfg: AugmentConfi
     return Annotated(np.asarray(warped), boxes[keep], sample.classes[keep])
 
 
-def resize_long_side(sample: Annotated, size: int) -> Annotated:
-    """Scale so the long side is ``size`` (how images are cached for training)."""
+def resize_to_fit(sample: Annotated, size: tuple[int, int]) -> Annotated:
+    """Scale to fit inside ``size`` (height, width), aspect kept (how images are cached for training; for a
+    square size, the long side becomes ``size``)."""
     h, w = sample.image.shape[:2]
-    ratio = size / max(h, w)
+    ratio = min(size[0] / h, size[1] / w)
     if ratio == 1:
         return sample
     new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
@@ -118,10 +119,12 @@ def resize_long_side(sample: Annotated, size: int) -> Annotated:
     return Annotated(image, (sample.boxes * ratio).astype(np.float32), sample.classes)
 
 
-def mosaic(samples: list[Annotated], size: int, rng: np.random.Generator) -> Annotated:
-    """Four images around a random centre of a 2*size canvas (each image's long side is ``size``)."""
-    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, np.uint8)
-    cx, cy = (int(rng.uniform(size * 0.5, size * 1.5)) for _ in range(2))
+def mosaic(samples: list[Annotated], size: tuple[int, int], rng: np.random.Generator) -> Annotated:
+    """Four images around a random centre of a canvas twice ``size`` (height, width) (each image fits ``size``)."""
+    height, width = 2 * size[0], 2 * size[1]
+    canvas = np.full((height, width, 3), PAD_VALUE, np.uint8)
+    cx = int(rng.uniform(size[1] * 0.5, size[1] * 1.5))
+    cy = int(rng.uniform(size[0] * 0.5, size[0] * 1.5))
     boxes, classes = [], []
     for quadrant, sample in enumerate(samples[:4]):
         h, w = sample.image.shape[:2]
@@ -130,13 +133,13 @@ def mosaic(samples: list[Annotated], size: int, rng: np.random.Generator) -> Ann
             x1, y1, x2, y2 = max(cx - w, 0), max(cy - h, 0), cx, cy
             ix1, iy1 = w - (x2 - x1), h - (y2 - y1)
         elif quadrant == 1:
-            x1, y1, x2, y2 = cx, max(cy - h, 0), min(cx + w, 2 * size), cy
+            x1, y1, x2, y2 = cx, max(cy - h, 0), min(cx + w, width), cy
             ix1, iy1 = 0, h - (y2 - y1)
         elif quadrant == 2:
-            x1, y1, x2, y2 = max(cx - w, 0), cy, cx, min(2 * size, cy + h)
+            x1, y1, x2, y2 = max(cx - w, 0), cy, cx, min(height, cy + h)
             ix1, iy1 = w - (x2 - x1), 0
         else:
-            x1, y1, x2, y2 = cx, cy, min(cx + w, 2 * size), min(2 * size, cy + h)
+            x1, y1, x2, y2 = cx, cy, min(cx + w, width), min(height, cy + h)
             ix1, iy1 = 0, 0
         canvas[y1:y2, x1:x2] = sample.image[iy1:iy1 + (y2 - y1), ix1:ix1 + (x2 - x1)]
         shifted = sample.boxes + np.array([x1 - ix1, y1 - iy1] * 2, np.float32)
@@ -144,8 +147,8 @@ def mosaic(samples: list[Annotated], size: int, rng: np.random.Generator) -> Ann
         classes.append(sample.classes)
     all_boxes = np.concatenate(boxes).astype(np.float32)
     clipped = all_boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, 2 * size)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, 2 * size)
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
     keep = keep_visible(all_boxes, clipped, 1.0)
     return Annotated(canvas, clipped[keep], np.concatenate(classes)[keep])
 
@@ -157,17 +160,17 @@ def mixup(a: Annotated, b: Annotated, rng: np.random.Generator) -> Annotated:
     return Annotated(image, np.concatenate([a.boxes, b.boxes]), np.concatenate([a.classes, b.classes]))
 
 
-def augment(index: int, load: Callable[[int], Annotated], count: int, size: int, rng: np.random.Generator,
-            cfg: AugmentConfig, use_mosaic: bool) -> Annotated:
-    """One training sample of ``size`` x ``size``: mosaic (+ mixup) or a single image, then affine,
-    HSV and flip. ``load(i)`` returns sample ``i`` with its long side resized to ``size``."""
+def augment(index: int, load: Callable[[int], Annotated], count: int, size: tuple[int, int],
+            rng: np.random.Generator, cfg: AugmentConfig, use_mosaic: bool) -> Annotated:
+    """One training sample of ``size`` (height, width): mosaic (+ mixup) or a single image, then affine,
+    HSV and flip. ``load(i)`` returns sample ``i`` resized to fit ``size``."""
     def one(i: int) -> Annotated:
         if use_mosaic and rng.random() < cfg.mosaic:
             picks = [i, *rng.integers(0, count, 3)]
             tiled = mosaic([load(int(p)) for p in picks], size, rng)
-            # The mosaic canvas is 2*size: the affine's scale maps it back to one size.
-            return random_affine(tiled, rng, cfg, (size, size))
-        return random_affine(load(i), rng, cfg, (size, size))
+            # The affine takes the middle of the twice-as-large mosaic canvas onto one size.
+            return random_affine(tiled, rng, cfg, size)
+        return random_affine(load(i), rng, cfg, size)
 
     sample = one(index)
     if use_mosaic and rng.random() < cfg.mixup:

@@ -24,6 +24,7 @@ import torch
 
 from edge_yolov9.cli import InputSizes
 from edge_yolov9.errors import ModelError, OutputError, output_error
+from edge_yolov9.model_file import InputSize
 
 from .models import ModelConfig, YOLO, create_model
 from .models.config import DEFAULT_INPUT_SIZE
@@ -245,23 +246,20 @@ def load_checkpoint(path: str | os.PathLike, *, strict: bool = True) -> tuple[YO
     return model.eval(), list(payload["names"]), dict(payload["meta"])
 
 
-def choose_input_size(cfg: ModelConfig, requested: int | None, checkpoint: str | os.PathLike,
-                      sizes: InputSizes) -> int:
-    """The square size to run ``checkpoint``'s model at: ``requested`` (--imgsz), else the size it was trained
+def choose_input_size(cfg: ModelConfig, requested: Any, checkpoint: str | os.PathLike,
+                      sizes: InputSizes) -> InputSize:
+    """The input size to run ``checkpoint``'s model at: ``requested`` (--imgsz), else the size it was trained
     at; logged with where it came from, with a warning when a requested size differs from the training size
     (the model then sees objects at scales it did not learn)."""
-    height, width = cfg.input_size
+    trained = InputSize.of(cfg.input_size)
     if requested is None:
-        if height != width:
-            raise ModelError(f"{checkpoint} was trained at {height}x{width} (height x width); only square inputs "
-                             "are supported yet", "pass --imgsz with a square size")
-        size = sizes.check(height, f"the training size stored in {checkpoint}")
-        logger.info("Input size %dx%d: the training size stored in %s", size, size, checkpoint)
+        size = sizes.check(trained, f"the training size stored in {checkpoint}")
+        logger.info("Input size %s: the training size stored in %s", size, checkpoint)
         return size
     size = sizes.check(requested, "requested")
-    if (size, size) == cfg.input_size:
-        logger.info("Input size %dx%d (--imgsz), the size %s was trained at", size, size, checkpoint)
+    if size == trained:
+        logger.info("Input size %s (--imgsz), the size %s was trained at", size, checkpoint)
     else:
-        logger.warning("Input size %dx%d (--imgsz) differs from the %dx%d %s was trained at: accuracy may be "
-                       "lower; leave out --imgsz to use the training size", size, size, height, width, checkpoint)
+        logger.warning("Input size %s (--imgsz) differs from the %s %s was trained at: accuracy may be "
+                       "lower; leave out --imgsz to use the training size", size, trained, checkpoint)
     return size

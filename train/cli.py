@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(auxiliary branch dropped, BatchNorm folded, RepConv fused), as published figures are; "
                     "'train params' counts the auxiliary branch too.")
     models.add_argument("--filter", default="*", help="shell-style pattern on model names")
-    models.add_argument("--imgsz", type=IMGSZ, default=640, help="square input size for GFLOPs")
+    models.add_argument("--imgsz", type=IMGSZ, default="640", help="input size for GFLOPs: 640, or WIDTHxHEIGHT")
     models.add_argument("--num-classes", type=int_arg(1, MAX_CLASSES), default=80, help="number of classes of the head")
     models.add_argument("--json", action="store_true", help="print JSON")
 
@@ -82,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--weights", type=existing_file, help="start from this edge-yolov9 checkpoint (class layers re-initialised "
                                          "when the class count differs); import foreign ones first")
     train.add_argument("--imgsz", type=IMGSZ, default=320,
-                       help="training and validation input size; stored with the model, for convert and val")
+                       help="training and validation input size: 320, or WIDTHxHEIGHT such as 384x224 for a 16:9 "
+                            "camera; stored with the model, for convert and val")
     train.add_argument("--epochs", type=int_arg(1, 100_000), default=30)
     train.add_argument("--time-budget", type=float_arg(0, low_open=True), metavar="MINUTES",
                        help="fit the number of epochs (and the LR schedule) to this many minutes of training")

@@ -275,10 +275,10 @@ def evaluate(eval_set: EvalSet, predict: BatchPredictor, *, batch_size: int = 8,
 
 
 class TorchPredictor:
-    """A PyTorch YOLO as a :data:`BatchPredictor`: letterbox to a square batch, raw head outputs
+    """A PyTorch YOLO as a :data:`BatchPredictor`: letterbox to the input size, raw head outputs
     through the shared decoder + NMS, boxes mapped back to the original images. Puts ``model`` in eval mode."""
 
-    def __init__(self, model: YOLO, imgsz: int = 640, *,
+    def __init__(self, model: YOLO, imgsz: int | tuple[int, int] = 640, *,
                  config: PostprocessConfig = PostprocessConfig.for_evaluation()):
         self.model = model.eval()
         self.imgsz = imgsz

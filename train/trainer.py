@@ -25,9 +25,10 @@ from torch import nn
 from tqdm import tqdm
 
 from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError, writing
+from edge_yolov9.model_file import InputSize
 from edge_yolov9.preprocess import load_image
 
-from .augment import Annotated, AugmentConfig, augment, resize_long_side
+from .augment import Annotated, AugmentConfig, augment, resize_to_fit
 from .checkpoint import load_checkpoint, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .data import DataConfig, Sample, list_split, load_data_config
 from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
@@ -52,7 +53,7 @@ class TrainConfig:
     model: str = "yolov9-t"
     data: str = BUILTIN_DATA
     weights: str | None = None
-    imgsz: int = 320
+    imgsz: int | tuple[int, int] = 320  # (height, width) once built; one int is a square
     epochs: int = 30
     batch: int = 16
     nominal_batch: int = 64
@@ -84,6 +85,9 @@ class TrainConfig:
 
     def run_dir(self) -> Path:
         return Path(self.project) / self.name
+
+    def __post_init__(self) -> None:
+        self.imgsz = tuple(InputSize.of(self.imgsz))  # a plain pair: checkpoints hold no custom classes
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -132,7 +136,7 @@ class TrainDataset(torch.utils.data.Dataset):
     """Augmented training samples. Randomness comes from (seed, epoch, index), so a run is repeatable
     whatever the number of loader processes, and a resumed epoch sees the same augmentations."""
 
-    def __init__(self, samples: list[Sample], size: int, cfg: AugmentConfig, seed: int, cache: bool):
+    def __init__(self, samples: list[Sample], size: tuple[int, int], cfg: AugmentConfig, seed: int, cache: bool):
         self.samples, self.size, self.cfg, self.seed = samples, size, cfg, seed
         self.epoch, self.use_mosaic = 0, True
         self._cache: list[Annotated] | None = None
@@ -146,8 +150,8 @@ class TrainDataset(torch.utils.data.Dataset):
         h, w = image.shape[:2]
         cx, cy, bw, bh = (sample.labels[:, i] for i in range(1, 5))
         boxes = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1)
-        return resize_long_side(Annotated(image, boxes.astype(np.float32), sample.labels[:, 0].astype(np.int64)),
-                                self.size)
+        return resize_to_fit(Annotated(image, boxes.astype(np.float32), sample.labels[:, 0].astype(np.int64)),
+                             self.size)
 
     def load(self, index: int) -> Annotated:
         return self._cache[index] if self._cache is not None else self._read(index)
@@ -431,8 +435,9 @@ class Trainer:
     def fit(self) -> Path:
         """Train the remaining epochs; returns the best checkpoint's path."""
         self._prepare_run_dir()
-        logger.info("Training %s on %s (%d images, %d classes) at %d px on %s, %d epochs, batch %d x %d, %s lr %g",
-                    self.cfg.model, self.data.yaml_path, len(self.dataset), self.data.num_classes, self.cfg.imgsz,
+        logger.info("Training %s on %s (%d images, %d classes) at %s px on %s, %d epochs, batch %d x %d, %s lr %g",
+                    self.cfg.model, self.data.yaml_path, len(self.dataset), self.data.num_classes,
+                    InputSize(*self.cfg.imgsz),
                     self.device, self.cfg.epochs, self.cfg.batch, self.accumulate, self.cfg.optimizer, self.cfg.lr0)
         epoch = self.start_epoch
         while epoch < self.cfg.epochs:
