@@ -7,6 +7,7 @@ crashes is reported as a crash of that library, with the interpreter pair to ins
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -18,11 +19,24 @@ from .detector import Detector
 from .model_file import cpu_twin, cpu_twin_path, metadata_origin, read_model_info
 from .errors import EdgeYoloError
 from .edgetpu_probe import candidates, pair_advice, pairing, probe, probe_failure, usable_edgetpu
-from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, Device, RuntimeSetupError, coral_pci_devices,
-                          coral_usb_devices, find_backend, find_libedgetpu, installed_backends)
+from .host import (ROOT, CoralUsb, User, apex_nodes, coral_pci_devices, coral_usb_devices, device_tree_number, firmware_config,
+                   group_entry, loaded_modules, pi_model, pi_throttled, vcgencmd)
+from .interpreter import (BACKENDS, INSTALL_LIBEDGETPU, Device, RuntimeSetupError, find_backend, find_libedgetpu,
+                          installed_backends)
 from .tflite_file import read_tflite
 
 MIN_PYTHON = (3, 9)
+USB3_MBPS = 5000  # sysfs speed of a USB 3 link; a USB 2 link is 480
+BOOKWORM_CONFIG = "/boot/firmware/config.txt"
+SEE_README = 'README: "Coral on Raspberry Pi OS Bookworm"'
+# `vcgencmd get_throttled` bits: 0-3 what holds now, 16-19 what happened since boot.
+UNDER_VOLTAGE, CAPPED, THROTTLED, SOFT_TEMP_LIMIT = 0x10001, 0x20002, 0x40004, 0x80008
+THROTTLE_FLAGS = {0: "under-voltage now", 1: "frequency capped now", 2: "throttled now", 3: "soft temperature limit now",
+                  16: "under-voltage since boot", 17: "frequency capped since boot", 18: "throttled since boot",
+                  19: "soft temperature limit since boot"}
+USB_RULE = "install Coral's udev rule (it comes with the libedgetpu1-std or -max package), then re-plug the Coral"
+APEX_RULE = ("add the udev rule: echo 'SUBSYSTEM==\"apex\", MODE=\"0660\", GROUP=\"apex\"' | "
+             "sudo tee /etc/udev/rules.d/65-apex.rules, then reboot")
 
 
 @dataclass(frozen=True)
@@ -63,12 +77,122 @@ def run_checks(model: Path | None = None) -> list[Check]:
     except RuntimeSetupError as err:
         checks.append(Check("interpreter", False, err.problem, err.fix or ""))
     checks += libedgetpu_checks()
-    usb, pci = coral_usb_devices(), coral_pci_devices()
-    devices = usb + pci
+    devices = ([str(device) for device in coral_usb_devices()] + [f"PCIe Coral at {address}" for address in
+               coral_pci_devices()] + [str(node) for node in apex_nodes()])
     checks.append(Check("coral devices", bool(devices), "; ".join(devices) if devices else "none found",
                         "" if devices else "plug the Coral USB Accelerator into a USB 3 port (or install the PCIe "
                         "driver gasket-dkms for M.2/PCIe); without one, models run on the CPU", required=False))
+    if sys.platform.startswith("linux"):
+        checks += field_checks()
     return checks + (model_checks(model) if model is not None else [])
+
+
+def field_checks(root: Path = ROOT, user: User | None = None, page_size: int | None = None) -> list[Check]:
+    """What Coral users meet in the field, each OK or the fix: the USB link speed, the Pi 5's USB current,
+    the kernel page size and the driver of a PCIe Coral, access to the device nodes, throttling. ``root``,
+    ``user`` and ``page_size`` (default: this machine's) let tests check fake machines."""
+    usb, pci, nodes = coral_usb_devices(root), coral_pci_devices(root), apex_nodes(root)
+    user = user or User.current()
+    checks = [_usb_link(device) for device in usb]
+    checks += [_access("coral usb access", device.node, "plugdev", USB_RULE, root, user) for device in usb if device.node]
+    if (pi_model(root) or "").startswith("Raspberry Pi 5"):
+        checks.append(_pi5_usb_current(root))
+    if pci or nodes:
+        checks += _pcie_checks(pci, nodes, root, page_size or os.sysconf("SC_PAGE_SIZE"))
+        checks += [_access("coral pcie access", node, "apex", APEX_RULE, root, user) for node in nodes]
+    throttled = pi_throttled()
+    if throttled is not None:
+        checks.append(_throttling(throttled))
+    return checks
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` as it is named on the checked machine (without a test's fake root)."""
+    return "/" + str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _usb_link(device: CoralUsb) -> Check:
+    """A Coral on a USB 2 link (480 Mbit/s) runs several times slower than on USB 3."""
+    ok = device.speed is not None and device.speed >= USB3_MBPS
+    kind = "unknown" if device.speed is None else "USB 3" if ok else "USB 2"
+    return Check("coral usb link", ok, f"{device}: {device.speed or '?'} Mbit/s ({kind})",
+                 "" if ok else "plug it into a blue USB 3 port directly (no USB 2 hub or extension cable), with "
+                               "its USB 3 cable: on USB 2 every inference runs several times slower", required=False)
+
+
+def _access(name: str, node: Path, group: str, rule: str, root: Path, user: User) -> Check:
+    """Whether ``user`` may open the Coral's device ``node``; if not, which step of the group setup is missing."""
+    shown = _shown(node, root)
+    if user.can_read_write(node):
+        return Check(name, True, f"{shown} is readable and writable by {user.name}", required=False)
+    entry = group_entry(group, root)
+    if entry is None:
+        fix = f"create the {group} group and join it (sudo groupadd {group}; sudo usermod -aG {group} {user.name}), {rule}"
+    elif user.name not in entry[1]:
+        fix = f"join the {group} group: sudo usermod -aG {group} {user.name}, then log out and in (or reboot)"
+    elif entry[0] not in user.gids:
+        fix = f"{user.name} is in the {group} group, but this login session is not yet: log out and in (or reboot)"
+    else:
+        fix = f"{shown} is not given to the {group} group: {rule}"
+    return Check(name, False, f"{shown} is not readable and writable by {user.name}", fix, required=False)
+
+
+def _pi5_usb_current(root: Path) -> Check:
+    """A Pi 5's USB ports share 600 mA unless ``usb_max_current_enable`` is on (1.6 A, with a 5 A supply):
+    less than a Coral USB Accelerator draws (up to 900 mA). The device tree says what the firmware applied."""
+    applied = device_tree_number("power/usb_max_current_enable", root)
+    if applied is None:
+        value = vcgencmd("get_config", "usb_max_current_enable")
+        applied = int(value) if value and value.isdigit() else None
+    configured = firmware_config("usb_max_current_enable", root, board="pi5")
+    supply = device_tree_number("power/max_current", root)
+    offers = f"; the power supply offers {supply} mA" if supply else ""
+    if applied == 1 or (applied is None and configured == "1"):
+        return Check("pi 5 usb current", True, f"usb_max_current_enable=1: the USB ports may draw 1.6 A{offers}",
+                     required=False)
+    fix = (f"{BOOKWORM_CONFIG} sets usb_max_current_enable=1 but the firmware has not applied it: reboot"
+           if configured == "1" else
+           f"with a 5 A supply (the official 27 W USB-C one) add usb_max_current_enable=1 to {BOOKWORM_CONFIG} and "
+           "reboot; with a weaker supply, power the Coral from a powered USB 3 hub")
+    return Check("pi 5 usb current", False, "usb_max_current_enable is off: the USB ports share 600 mA, a Coral USB "
+                 f"Accelerator draws up to 900 mA{offers}", fix, required=False)
+
+
+def _pcie_checks(pci: list[str], nodes: list[Path], root: Path, page_size: int) -> list[Check]:
+    """The PCIe Coral's driver (gasket + apex) works with 4K pages only, and makes /dev/apex_N once loaded."""
+    where = ", ".join(pci + [_shown(node, root) for node in nodes])
+    checks = [Check("kernel page size", page_size == 4096, f"{page_size // 1024}K pages (PCIe Coral: {where})",
+                    "" if page_size == 4096 else "the PCIe Coral's gasket driver fails with 16K pages (the Pi 5's default "
+                    f"kernel): add kernel=kernel8.img (the 4K-page kernel) to {BOOKWORM_CONFIG} and reboot",
+                    required=False)]
+    loaded = loaded_modules(("gasket", "apex"), root)
+    if len(loaded) < 2:
+        checks.append(Check("apex driver", False, f"kernel modules loaded: {', '.join(loaded) or 'neither gasket nor apex'}",
+                            "install the gasket-dkms driver (Coral's apt package fails to build on recent kernels: build "
+                            f"github.com/google/gasket-driver; {SEE_README}), then reboot", required=False))
+    elif not nodes:
+        checks.append(Check("apex driver", False, "gasket and apex are loaded but made no /dev/apex_0",
+                            f"on a Pi 5 add dtoverlay=pciex1-compat-pi5,no-mip to {BOOKWORM_CONFIG} and reboot; "
+                            "`dmesg | grep apex` says why", required=False))
+    else:
+        checks.append(Check("apex driver", True, "gasket and apex loaded", required=False))
+    return checks
+
+
+def _throttling(value: str) -> Check:
+    """`vcgencmd get_throttled`: under-voltage resets a USB Coral ("detection stuck"); heat slows the CPU."""
+    try:
+        flags = int(value, 16)
+    except ValueError:
+        return Check("throttling", False, f"vcgencmd get_throttled said {value!r}", required=False)
+    said = [text for bit, text in THROTTLE_FLAGS.items() if flags >> bit & 1]
+    fixes = []
+    if flags & UNDER_VOLTAGE:
+        fixes.append("under-voltage: use the official supply (5 V 3 A for a Pi 4, 5 V 5 A for a Pi 5) with its own "
+                     "cable, and power a USB Coral (up to 900 mA) from a powered USB 3 hub")
+    if flags & SOFT_TEMP_LIMIT or (flags & (CAPPED | THROTTLED) and not flags & UNDER_VOLTAGE):
+        fixes.append("heat: fit a heatsink and fan (the Pi 5 Active Cooler) and let the case breathe")
+    return Check("throttling", not said, f"{value}: {', '.join(said) or 'none'}", "; ".join(fixes), required=False)
 
 
 def libedgetpu_checks() -> list[Check]:

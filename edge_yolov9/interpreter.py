@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import EdgeYoloError
+from .host import apex_nodes, coral_usb_devices
 
 BACKENDS = {"ai-edge-litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
@@ -33,16 +34,20 @@ LIBRARY_FOLDERS = ("/usr/lib/*-linux-gnu", "/lib/*-linux-gnu", "/usr/lib", "/usr
 # "16.0tf2.17.1-1.bookworm" (github.com/feranick/libedgetpu: built against TF 2.17.1).
 DPKG_VERSION = re.compile(r"^(?:\d+:)?(?P<release>\d+\.\d+)(?:tf(?P<tf>\d+\.\d+(?:\.\d+)?))?")
 CORAL_TF_VERSION = "2.5"  # what Coral's apt packages (version exactly 16.0) are built against
-# USB ids of the Coral USB Accelerator: before its firmware is loaded, and once it is ready.
-CORAL_USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (bootloader; firmware loads on first use)",
-                 ("18d1", "9302"): "Coral USB Accelerator (ready)"}
 
+# Coral's apt repository, its key in a keyring of its own and named by `signed-by=` (apt-key is deprecated
+# on Debian 12 Bookworm and gone in 13).
+CORAL_APT_KEYRING = "/etc/apt/keyrings/coral-edgetpu.gpg"
+CORAL_APT_SETUP = (
+    "sudo mkdir -p /etc/apt/keyrings",
+    f"curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o {CORAL_APT_KEYRING}",
+    f"echo 'deb [signed-by={CORAL_APT_KEYRING}] https://packages.cloud.google.com/apt coral-edgetpu-stable main' "
+    "| sudo tee /etc/apt/sources.list.d/coral-edgetpu.list",
+    "sudo apt-get update")
 INSTALL_LIBEDGETPU = (
-    "install the Edge TPU runtime: on Debian/Raspberry Pi OS add Coral's apt repository "
-    "(echo 'deb https://packages.cloud.google.com/apt coral-edgetpu-stable main' | "
-    "sudo tee /etc/apt/sources.list.d/coral-edgetpu.list; curl https://packages.cloud.google.com/apt/doc/apt-key.gpg "
-    "| sudo apt-key add -) then `sudo apt-get install libedgetpu1-std`; on Bookworm or Python >= 3.10 "
-    "the community builds at github.com/feranick/libedgetpu/releases work")
+    f"install the Edge TPU runtime: on Debian/Raspberry Pi OS add Coral's apt repository ({'; '.join(CORAL_APT_SETUP)}) "
+    "then `sudo apt-get install libedgetpu1-std`; on Bookworm or Python >= 3.10 the community builds at "
+    "github.com/feranick/libedgetpu/releases work (README: \"Coral on Raspberry Pi OS Bookworm\")")
 
 
 class RuntimeSetupError(EdgeYoloError):
@@ -126,23 +131,6 @@ def parse_device(text: str) -> Device:
     raise RuntimeSetupError(f"Unknown device {text!r}", "use auto, cpu, usb, usb:N, pci, pci:N or :N")
 
 
-def coral_usb_devices(sysfs: str = "/sys/bus/usb/devices") -> list[str]:
-    """Descriptions of the Coral USB Accelerators on the bus (read from sysfs, no lsusb needed)."""
-    found = []
-    for device in sorted(Path(sysfs).glob("*")):
-        try:
-            ids = ((device / "idVendor").read_text().strip(), (device / "idProduct").read_text().strip())
-        except OSError:
-            continue
-        if ids in CORAL_USB_IDS:
-            found.append(f"{device.name} {ids[0]}:{ids[1]} {CORAL_USB_IDS[ids]}")
-    return found
-
-
-def coral_pci_devices() -> list[str]:
-    return sorted(glob.glob("/dev/apex_*"))
-
-
 @dataclass(frozen=True)
 class EdgeTpuLibrary:
     """An Edge TPU runtime library: where it is, who chose it, and (from dpkg) its package and the
@@ -200,17 +188,18 @@ def find_libedgetpu(path: str | os.PathLike | None = None) -> EdgeTpuLibrary | N
 
 def tpu_diagnosis(device: Device) -> str:
     """Why an installed libedgetpu found no usable ``device``, and the fix."""
-    usb, pci = coral_usb_devices(), coral_pci_devices()
+    usb, pci = coral_usb_devices(), [str(node) for node in apex_nodes()]
     if device.kind == "usb" or (device.kind == "tpu" and not pci):
         if not usb:
             return ("no Coral USB Accelerator is on the USB bus (no 1a6e:089a or 18d1:9302): plug it into a USB 3 "
                     "port with the supplied cable, or a powered hub (it draws up to 900 mA), then check `lsusb`")
-        return (f"the device is present ({'; '.join(usb)}) but could not be opened: add your user to the plugdev "
-                "group and install Coral's udev rule (packaged with libedgetpu1-std), re-plug it, and make sure "
+        return (f"the device is present ({'; '.join(map(str, usb))}) but could not be opened: add your user to "
+                "the plugdev group and install Coral's udev rule (packaged with libedgetpu1-std), re-plug it, and make sure "
                 "no other process (Frigate, another detector) holds it")
     if not pci:
         return ("no Coral PCIe/M.2 device (/dev/apex_0) exists: install the gasket-dkms driver; on a Pi 5 add "
-                "dtoverlay=pciex1-compat-pi5,no-mip to /boot/firmware/config.txt and reboot")
+                "kernel=kernel8.img (4K pages) and dtoverlay=pciex1-compat-pi5,no-mip to /boot/firmware/config.txt "
+                "and reboot (README: \"Coral on Raspberry Pi OS Bookworm\")")
     return f"{', '.join(pci)} exists but could not be opened: add your user to the apex group (udev rule of gasket-dkms)"
 
 

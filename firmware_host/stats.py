@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
-import subprocess
 import threading
 import time
 from typing import Any
+
+from edge_yolov9.host import pi_throttled
 
 from .config import redact
 
@@ -55,17 +55,6 @@ def cpu_temperature() -> float | None:
     """The SoC temperature in °C (Raspberry Pi and most Linux boards), None where not exposed."""
     value = _read_first_line("/sys/class/thermal/thermal_zone0/temp")
     return round(int(value) / 1000, 1) if value and value.lstrip("-").isdigit() else None
-
-
-def pi_throttled() -> str | None:
-    """``vcgencmd get_throttled`` (e.g. '0x50005': under-voltage now and since boot), None off a Pi."""
-    if shutil.which("vcgencmd") is None:
-        return None
-    try:
-        out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=2).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.strip().partition("=")[2] or None
 
 
 def rss_bytes(pid: int | None = None) -> int | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_yolov9.interpreter import (RuntimeSetupError, coral_usb_devices, find_backend, find_libedgetpu,
-                                     load_edgetpu_delegate, parse_device)
+from edge_yolov9.host import coral_usb_devices
+from edge_yolov9.interpreter import RuntimeSetupError, find_backend, find_libedgetpu, load_edgetpu_delegate, parse_device
 
 
 @pytest.mark.runtime
@@ -42,9 +42,10 @@ def test_missing_edge_tpu_runtime_says_how_to_install():
 
 @pytest.mark.runtime
 def test_coral_usb_ids_are_read_from_sysfs(tmp_path):
+    devices = tmp_path / "sys/bus/usb/devices"
     for name, vendor, product in (("1-1", "1a6e", "089a"), ("1-2", "18d1", "9302"), ("1-3", "046d", "c52b")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "idVendor").write_text(vendor + "\n")
-        (tmp_path / name / "idProduct").write_text(product + "\n")
-    found = coral_usb_devices(str(tmp_path))
+        (devices / name).mkdir(parents=True)
+        (devices / name / "idVendor").write_text(vendor + "\n")
+        (devices / name / "idProduct").write_text(product + "\n")
+    found = [str(device) for device in coral_usb_devices(tmp_path)]
     assert len(found) == 2 and "bootloader" in found[0] and "ready" in found[1]
