@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.interpreter import CORAL_APT_SETUP
 from edge_yolov9.model_file import edgetpu_path
 
 from .tflite_model import INT8_OP_VERSIONS, INTEGER_IO_DTYPES, OperatorInfo, TensorInfo, TFLiteModel
@@ -280,15 +281,13 @@ class ExitCode(enum.IntEnum):
     ACCURACY_DROP = 5  # ``convert``: the int8 model loses more mAP50-95 than --max-drop; everything is written
 
 
+APT_SETUP = "\n  ".join(CORAL_APT_SETUP)
 INSTALL_INSTRUCTIONS = f"""\
 {COMPILER} was not found. It runs only on x86-64 Debian/Ubuntu (there is no ARM build, so not on
 the Raspberry Pi). Install it from Coral's apt repository:
 
-  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg \\
-    | sudo gpg --dearmor -o /usr/share/keyrings/coral-edgetpu.gpg
-  echo "deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main" \\
-    | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list
-  sudo apt-get update && sudo apt-get install edgetpu-compiler
+  {APT_SETUP}
+  sudo apt-get install edgetpu-compiler
 
 then run again with --edgetpu (or --compiler /path/to/{COMPILER}), or compile the int8 model
 written here: {COMPILER} -s -o OUT OUT/model_int8.tflite"""
