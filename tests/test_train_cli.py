@@ -15,11 +15,11 @@ VAL = ["val", "--model", __file__, "--data", "missing.yaml"]  # any existing fil
 
 
 @pytest.mark.parametrize("argv, option, value, allowed", [
-    (TRAIN, "--imgsz", "0", "from 64 to 1280, a multiple of 32"),
+    (TRAIN, "--imgsz", "0", "a multiple of 32 from 64 to 1280"),
     (TRAIN, "--imgsz", "-1", "from 64 to 1280"),
     (TRAIN, "--imgsz", "31", "a multiple of 32"),
     (TRAIN, "--imgsz", "10016", "from 64 to 1280"),
-    (TRAIN, "--imgsz", "big", "an integer"),
+    (TRAIN, "--imgsz", "big", "not a supported size; use one size or WIDTHxHEIGHT"),
     (TRAIN, "--epochs", "0", "an integer from 1"),
     (TRAIN, "--epochs", "-1", "an integer from 1"),
     (TRAIN, "--time-budget", "0", "a number above 0"),

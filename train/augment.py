@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image
 
+from edge_yolov9.model_file import InputSize
 from edge_yolov9.preprocess import PAD_VALUE
 
 
@@ -107,9 +108,10 @@ def random_affine(sample: Annotated, rng: np.random.Generator, cfg: AugmentConfi
     return Annotated(np.asarray(warped), boxes[keep], sample.classes[keep])
 
 
-def resize_to_fit(sample: Annotated, size: tuple[int, int]) -> Annotated:
-    """Scale to fit inside ``size`` (height, width), aspect kept (how images are cached for training; for a
-    square size, the long side becomes ``size``)."""
+def resize_to_fit(sample: Annotated, size: int | tuple[int, int]) -> Annotated:
+    """Scale to fit inside ``size`` ((height, width), or one int for a square), aspect kept (how images are
+    cached for training)."""
+    size = InputSize.of(size)
     h, w = sample.image.shape[:2]
     ratio = min(size[0] / h, size[1] / w)
     if ratio == 1:
@@ -119,8 +121,10 @@ def resize_to_fit(sample: Annotated, size: tuple[int, int]) -> Annotated:
     return Annotated(image, (sample.boxes * ratio).astype(np.float32), sample.classes)
 
 
-def mosaic(samples: list[Annotated], size: tuple[int, int], rng: np.random.Generator) -> Annotated:
-    """Four images around a random centre of a canvas twice ``size`` (height, width) (each image fits ``size``)."""
+def mosaic(samples: list[Annotated], size: int | tuple[int, int], rng: np.random.Generator) -> Annotated:
+    """Four images around a random centre of a canvas twice ``size`` (height, width; or one int for a square),
+    each image fitting ``size``."""
+    size = InputSize.of(size)
     height, width = 2 * size[0], 2 * size[1]
     canvas = np.full((height, width, 3), PAD_VALUE, np.uint8)
     cx = int(rng.uniform(size[1] * 0.5, size[1] * 1.5))
@@ -160,10 +164,11 @@ def mixup(a: Annotated, b: Annotated, rng: np.random.Generator) -> Annotated:
     return Annotated(image, np.concatenate([a.boxes, b.boxes]), np.concatenate([a.classes, b.classes]))
 
 
-def augment(index: int, load: Callable[[int], Annotated], count: int, size: tuple[int, int],
+def augment(index: int, load: Callable[[int], Annotated], count: int, size: int | tuple[int, int],
             rng: np.random.Generator, cfg: AugmentConfig, use_mosaic: bool) -> Annotated:
-    """One training sample of ``size`` (height, width): mosaic (+ mixup) or a single image, then affine,
-    HSV and flip. ``load(i)`` returns sample ``i`` resized to fit ``size``."""
+    """One training sample of ``size`` ((height, width), or one int for a square): mosaic (+ mixup) or a
+    single image, then affine, HSV and flip. ``load(i)`` returns sample ``i`` resized to fit ``size``."""
+    size = InputSize.of(size)
     def one(i: int) -> Annotated:
         if use_mosaic and rng.random() < cfg.mosaic:
             picks = [i, *rng.integers(0, count, 3)]
