@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from edge_yolov9.cli import CONVERT_INPUT_SIZES, add_command, float_arg, int_arg
-from edge_yolov9.errors import MissingDependencyError
+from edge_yolov9.errors import require
 from edge_yolov9.model_file import LAYOUTS
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
@@ -35,10 +35,7 @@ def _require(module: str, purpose: str, *, verbose: bool = False) -> None:
     if not verbose:
         for name in IMPORT_NOISE:
             logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        __import__(module)
-    except ImportError:
-        raise MissingDependencyError(module, "convert", purpose) from None
+    require(module, "convert", purpose)
 
 
 def _convert(args: argparse.Namespace) -> int:

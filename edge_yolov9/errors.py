@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 from typing import Iterator
 
@@ -39,6 +40,15 @@ class MissingDependencyError(EdgeYoloError):
     def __init__(self, module: str, extra: str, purpose: str):
         super().__init__(f"{purpose} needs the Python package {module!r}, which is not installed.",
                          f"pip install 'edge-yolov9[{extra}]'")
+
+
+def require(module: str, extra: str, purpose: str, package: str | None = None) -> None:
+    """Import ``module``, or raise the MissingDependencyError that names the extra installing it (``package``:
+    its name on PyPI when that differs), so a command says what to install instead of a traceback."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(package or module, extra, purpose) from None
 
 
 class OutputError(EdgeYoloError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_yolov9.cli import add_command, int_arg
-from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.errors import EdgeYoloError, require
 
 SAMPLE_CONFIG = Path(__file__).with_name("daemon.sample.yaml")
 
@@ -45,6 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_sample_config:
         print(SAMPLE_CONFIG.read_text(), end="")
         return 0
+    for module, package in (("pydantic", None), ("yaml", "pyyaml")):
+        require(module, "daemon", "The detector daemon", package)
     config = config_from_args(args)
     if args.validate_config:
         print(json.dumps(config.redacted(), indent=2))

@@ -14,11 +14,14 @@ import socket
 import sys
 from pathlib import Path
 
+from edge_yolov9.errors import EdgeYoloError
+
 from .config import DaemonConfig
 
 # Groups that own what the daemon opens on a Pi: cameras (/dev/video*, /dev/vchiq, /dev/dma_heap),
 # the Coral USB (plugdev, by libedgetpu's udev rule) and the Coral PCIe (/dev/apex_*).
 DEVICE_GROUPS = ("video", "render", "plugdev", "apex")
+PRIVATE_FOLDERS = (Path("/tmp"), Path("/var/tmp"))  # PrivateTmp=yes gives the service its own
 
 
 def notify(state: str) -> bool:
@@ -46,11 +49,27 @@ def watchdog_seconds(config: DaemonConfig) -> int:
     return math.ceil(config.watchdog.start_timeout + config.watchdog.stall_timeout + 30)
 
 
+def writable_paths(config: DaemonConfig, config_path: Path) -> list[Path]:
+    """The folders the daemon writes into, as the unit must open them: everything else of /home is read-only
+    there (ProtectHome) and so are /usr, /boot and /etc (ProtectSystem). Relative paths start at the config's
+    folder, the unit's working directory. A file under /tmp would land in the service's private /tmp
+    (PrivateTmp) and vanish with it: refused."""
+    paths = []
+    if config.jsonl.path not in (None, "-"):
+        folder = (config_path.parent / config.jsonl.path).resolve().parent
+        if any(folder == root or root in folder.parents for root in PRIVATE_FOLDERS):
+            raise EdgeYoloError(f"jsonl.path {config.jsonl.path} lies in {folder}, which the service sees as a "
+                                "private folder of its own (PrivateTmp): the file would vanish when it stops",
+                                "set jsonl.path outside /tmp and /var/tmp, e.g. /var/log/edge-yolov9/events.jsonl")
+        paths.append(folder)
+    return paths
+
+
 def unit_text(config: DaemonConfig, config_path: Path, user: str, groups: list[str]) -> str:
     command = shlex.join([sys.executable, "-m", "edge_yolov9.cli", "serve", "--config", str(config_path)])
+    writable = "".join(f"ReadWritePaths=-{path}\n" for path in writable_paths(config, config_path))
     return f"""[Unit]
 Description=edge-yolov9 object detector ({config.name})
-Documentation=https://github.com/edge-yolov9/edge-yolov9
 Wants=network-online.target
 After=network-online.target
 
@@ -65,13 +84,16 @@ RestartSec=10
 WatchdogSec={watchdog_seconds(config)}
 TimeoutStopSec=30
 Environment=PYTHONUNBUFFERED=1
+# The Edge TPU probe cache (edge_yolov9.edgetpu_probe): a folder systemd creates for the service's user.
+CacheDirectory=edge-yolov9
+Environment=XDG_CACHE_HOME=/var/cache/edge-yolov9
 StandardOutput=journal
 StandardError=journal
 SyslogIdentifier=edge-yolov9-{config.name}
 NoNewPrivileges=yes
 ProtectSystem=full
 ProtectHome=read-only
-PrivateTmp=yes
+{writable}PrivateTmp=yes
 
 [Install]
 WantedBy=multi-user.target

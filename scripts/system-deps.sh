@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# System packages the daemon's tests use for real: an MQTT broker (mosquitto) and a headless browser
-# (Debian's chromium + chromium-driver). Installed with apt-get when missing (as root, or through sudo).
+# System packages the daemon's tests use for real: an MQTT broker (mosquitto), a headless browser
+# (Debian's chromium + chromium-driver) and systemd-analyze (checks the unit `serve --install-service` writes).
+# Installed with apt-get when missing (as root, or through sudo).
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -150,6 +150,28 @@ def test_install_service_writes_a_unit_with_watchdog_restart_and_device_groups(t
                  str(Path("/proc/nonexistent/edge.service"))]) != 0
 
 
+def test_the_unit_opens_the_folders_the_daemon_writes_and_names_no_placeholder_page(tmp_path, capsys):
+    """ProtectHome=read-only and ProtectSystem=full would make a JSON-lines file under /home (or /etc)
+    silently unwritable for the service: its folder is opened with ReadWritePaths. One under /tmp would land
+    in the service's private /tmp: refused at install time. systemd itself accepts the unit."""
+    config_path = tmp_path / "daemon.yaml"
+    config_path.write_text(MINIMAL + "name: garage\njsonl:\n  path: /var/log/edge-yolov9/events.jsonl\n")
+    unit = tmp_path / "edge-yolov9-garage.service"
+    assert main(["serve", "--config", str(config_path), "--install-service", "--unit-path", str(unit),
+                 "--user", "root"]) == 0
+    text = unit.read_text()
+    assert "ReadWritePaths=-/var/log/edge-yolov9\n" in text
+    assert "Documentation=" not in text  # no placeholder URL
+    assert "CacheDirectory=edge-yolov9" in text and "Environment=XDG_CACHE_HOME=/var/cache/edge-yolov9" in text
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    config_path.write_text(MINIMAL + "jsonl:\n  path: '-'\n")
+    assert "ReadWritePaths" not in unit_text(load_config(config_path), config_path, "pi", [])
+    config_path.write_text(MINIMAL + "jsonl:\n  path: logs/events.jsonl\n")  # relative: beside the config, in /tmp
+    assert main(["serve", "--config", str(config_path), "--install-service", "--unit-path", str(unit)]) == 2
+    assert "private folder of its own (PrivateTmp)" in capsys.readouterr().err
+
+
 def test_a_short_http_token_is_refused():
     with pytest.raises(ConfigError, match=r"http.token \(line 6\): a token needs 8 characters at least"):
         parse_config(MINIMAL + "http:\n  token: ''\n")

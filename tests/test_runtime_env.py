@@ -274,13 +274,14 @@ def test_default_install_cli_detect_and_doctor(default_venv, model, images, refe
 def test_default_install_commands_of_missing_extras_name_the_extra(default_venv, model, tmp_path):
     done = default_venv.run("edge-yolov9", "--help", cwd=tmp_path)
     assert done.returncode == 0
-    for command in ("models", "import", "val", "convert", "detect", "bench", "doctor"):
+    for command in ("models", "import", "val", "convert", "detect", "bench", "doctor", "serve"):
         assert command in done.stdout
     (tmp_path / "clip.avi").write_bytes(b"RIFF")
     (tmp_path / "x.pt").write_bytes(b"")  # an existing file: the missing extra is what stops `val`
     for args, extra in ((["models"], "train"), (["val", "--model", "x.pt", "--data", "d.yaml"], "train"),
                         (["convert", "--model", "x.pt", "--imgsz", "320", "--calib", "d", "-o", "o"], "convert"),
-                        (["detect", str(model), str(tmp_path / "clip.avi")], "video")):
+                        (["detect", str(model), str(tmp_path / "clip.avi")], "video"),
+                        (["serve", "--model", str(model), "--source", "0", "--install-service"], "daemon")):
         done = default_venv.run("edge-yolov9", *args, cwd=tmp_path)
         assert done.returncode == 2 and f"pip install 'edge-yolov9[{extra}]'" in done.stderr, (args, done.stderr)
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from edge_yolov9.cli import MODEL_INPUT_SIZES, add_command, existing_file, float_arg, int_arg, print_result
-from edge_yolov9.errors import MissingDependencyError
+from edge_yolov9.errors import require
 
 MODEL_NAMES = ("gelan-s", "gelan-t", "yolov9-s", "yolov9-t")  # train.models.list_models(), without importing torch
 IMGSZ = MODEL_INPUT_SIZES.arg()  # of train, val and models
@@ -16,10 +16,7 @@ MAX_BATCH = 1024
 
 
 def require_torch(purpose: str) -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("torch", "train", purpose) from None
+    require("torch", "train", purpose)
 
 
 def _models(args: argparse.Namespace) -> int:

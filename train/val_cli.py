@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from edge_yolov9.cli import MODEL_INPUT_SIZES, add_command, existing_file, int_arg, print_result
-from edge_yolov9.errors import MissingDependencyError, ModelError, writing
+from edge_yolov9.errors import ModelError, require, writing
 
 from .cli import IMGSZ, MAX_BATCH, require_torch
 
@@ -29,10 +29,7 @@ def _render(metrics: dict) -> str:
 
 def _val(args: argparse.Namespace) -> int:
     require_torch("Validation")
-    try:
-        import faster_coco_eval  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("faster-coco-eval", "train", "COCO evaluation") from None
+    require("faster_coco_eval", "train", "COCO evaluation", package="faster-coco-eval")
     from .checkpoint import choose_input_size, load_checkpoint
     from .evaluate import TorchPredictor, evaluate, load_eval_set
     from .models.deploy import deploy_model
