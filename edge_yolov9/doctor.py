@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ MIN_PYTHON = (3, 9)
 USB3_MBPS = 5000  # sysfs speed of a USB 3 link; a USB 2 link is 480
 BOOKWORM_CONFIG = "/boot/firmware/config.txt"
 SEE_README = 'README: "Coral on Raspberry Pi OS Bookworm"'
+THIRTY_TWO_BIT_INSTALL = ("sudo apt install python3-numpy python3-pil; python3 -m venv --system-site-packages VENV; "
+                          "VENV/bin/pip install 'tflite-runtime==2.14.*' tqdm; VENV/bin/pip install --no-deps "
+                          "edge-yolov9 (or install 64-bit Raspberry Pi OS, where pip takes prebuilt wheels of everything)")
 # `vcgencmd get_throttled` bits: 0-3 what holds now, 16-19 what happened since boot.
 UNDER_VOLTAGE, CAPPED, THROTTLED, SOFT_TEMP_LIMIT = 0x10001, 0x20002, 0x40004, 0x80008
 THROTTLE_FLAGS = {0: "under-voltage now", 1: "frequency capped now", 2: "throttled now", 3: "soft temperature limit now",
@@ -66,6 +70,7 @@ def run_checks(model: Path | None = None) -> list[Check]:
     checks = [Check("python", sys.version_info[:2] >= MIN_PYTHON,
                     f"Python {platform.python_version()} on {platform.system()} {platform.machine()}",
                     f"use Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}"),
+              *userland_checks(),
               Check("numpy", True, f"NumPy {np.__version__}")]
     installed = dict(installed_backends())
     for name in BACKENDS:
@@ -85,6 +90,20 @@ def run_checks(model: Path | None = None) -> list[Check]:
     if sys.platform.startswith("linux"):
         checks += field_checks()
     return checks + (model_checks(model) if model is not None else [])
+
+
+def userland_checks(machine: str | None = None, python_bits: int | None = None) -> list[Check]:
+    """A 32-bit userland on a 64-bit ARM kernel (32-bit Raspberry Pi OS on a Pi 3/4/5): the kernel reports
+    aarch64 (armv8l under linux32), Python is 32-bit, and ai-edge-litert has no wheel for it. Nothing on other
+    machines. ``machine`` and ``python_bits`` default to this machine's (tests pass others)."""
+    machine = machine or platform.machine()
+    python_bits = python_bits or struct.calcsize("P") * 8
+    if machine not in ("aarch64", "arm64", "armv8l") or python_bits != 32:
+        return []
+    ready = "tflite-runtime" in dict(installed_backends())
+    return [Check("userland", ready, f"32-bit userland on a 64-bit ARM kernel ({machine}, {python_bits}-bit "
+                  "Python): the interpreter is tflite-runtime, as ai-edge-litert has no 32-bit ARM wheel",
+                  THIRTY_TWO_BIT_INSTALL, required=False)]
 
 
 def field_checks(root: Path = ROOT, user: User | None = None, page_size: int | None = None) -> list[Check]:

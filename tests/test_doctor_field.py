@@ -176,3 +176,19 @@ def test_throttling_is_read_from_vcgencmd_with_its_cause(tmp_path, vcgencmd, fla
     assert (fix in check.fix) if fix else check.fix == ""
     if flags == "0x50005":
         assert "heatsink" not in check.fix, "throttling caused by under-voltage is not heat"
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("machine, bits, reported", [("aarch64", 32, True), ("armv8l", 32, True),
+                                                     ("aarch64", 64, False), ("armv7l", 32, False),
+                                                     ("x86_64", 64, False)])
+def test_a_32_bit_userland_on_a_64_bit_kernel_is_recognised(machine, bits, reported):
+    from edge_yolov9.doctor import THIRTY_TWO_BIT_INSTALL, userland_checks
+
+    checks = userland_checks(machine, bits)
+    assert bool(checks) == reported
+    if reported:
+        [check] = checks
+        assert "32-bit userland on a 64-bit ARM kernel" in check.detail and not check.required
+        assert check.fix == THIRTY_TWO_BIT_INSTALL and "--no-deps edge-yolov9" in check.fix
+        assert not check.ok  # no tflite-runtime in this venv: the fix is shown

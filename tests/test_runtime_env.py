@@ -318,6 +318,7 @@ def test_default_install_on_other_pythons(version, model, images, reference, tmp
 @pytest.mark.parametrize("python,machine,interpreter", [
     ("3.9", "x86_64", "ai-edge-litert"), ("3.9", "aarch64", "ai-edge-litert"), ("3.13", "aarch64", "ai-edge-litert"),
     ("3.11", "armv7l", "tflite-runtime"), ("3.12", "armv7l", None), ("3.11", "armv6l", None),
+    ("3.11", "armv8l", "tflite-runtime"),  # a 32-bit userland on a 64-bit kernel, under linux32
 ])
 def test_default_dependencies_pick_the_interpreter_with_wheels(python, machine, interpreter):
     """pyproject's markers choose per platform: ai-edge-litert where it has wheels (x86_64, aarch64 on
