@@ -27,16 +27,15 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from edge_yolov9.convert.accuracy import AccuracyReport, TFLitePredictor, find_val_set, measure_accuracy
+from edge_yolov9.convert.accuracy import AccuracyReport, find_val_set, measure_accuracy
 from edge_yolov9.convert.calibration import DEFAULT_CALIBRATION_IMAGES
 from edge_yolov9.convert.export import prepare_for_export
 from edge_yolov9.convert.pipeline import FLOAT_MODEL, INT8_MODEL, ConvertOptions, convert_checkpoint
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.train.checkpoint import load_checkpoint
-from edge_yolov9.train.data import Sample, load_data_config
-from edge_yolov9.train.evaluate import BatchPredictor, TorchPredictor, YoloEvalSet, evaluate, load_eval_set, predict_images
+from edge_yolov9.train.data import load_data_config
+from edge_yolov9.train.evaluate import (BatchPredictor, TFLitePredictor, TorchPredictor, agreement_set, evaluate,
+                                        load_eval_set)
 from edge_yolov9.train.models import YOLO
 from edge_yolov9.train.trainer import BUILTIN_DATA, TrainConfig, resolve_data, train
 
@@ -64,19 +63,11 @@ def trained_checkpoint(args: argparse.Namespace, folder: Path) -> Path:
 def agreement(image_paths: tuple[Path, ...], names: tuple[str, ...], pytorch: YOLO, imgsz: int,
               predictors: dict[str, BatchPredictor]) -> dict:
     """mAP of each predictor against the PyTorch model's own detections (``REFERENCE``) on ``image_paths``."""
-    reference, sizes = predict_images(image_paths, TorchPredictor(pytorch, imgsz, config=REFERENCE))
-    samples = []
-    for path, found, (width, height) in zip(image_paths, reference, sizes):
-        x1, y1, x2, y2 = found.boxes.T
-        labels = np.stack([found.class_ids, (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width,
-                           (y2 - y1) / height], axis=1).astype(np.float32)
-        samples.append(Sample(path, labels))
-    boxes = sum(len(s.labels) for s in samples)
-    if not boxes:
+    eval_set = agreement_set(image_paths, names, TorchPredictor(pytorch, imgsz, config=REFERENCE))
+    if eval_set is None:
         return {"n/a": f"the PyTorch model detects nothing with score >= {REFERENCE.score_threshold} "
-                       f"in these {len(samples)} images"}
-    eval_set = YoloEvalSet(tuple(samples), names)
-    row = {"images": len(samples), "objects": boxes}
+                       f"in these {len(image_paths)} images"}
+    row = {"images": len(eval_set.samples), "objects": sum(len(s.labels) for s in eval_set.samples)}
     for name, predictor in predictors.items():
         metrics = evaluate(eval_set, predictor).metrics
         row[name] = {"map50_95": metrics.map50_95, "map50": metrics.map50}

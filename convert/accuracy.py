@@ -15,38 +15,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-from edge_yolov9.detector import Detector
 from edge_yolov9.errors import ModelError
 from edge_yolov9.model_file import InputSize
 from edge_yolov9.postprocess import PostprocessConfig
-from edge_yolov9.types import Detection
 from edge_yolov9.train.data import load_data_config
-from edge_yolov9.train.evaluate import CocoEvalSet, Detections, EvalSet, Metrics, TorchPredictor, evaluate, load_eval_set
+from edge_yolov9.train.evaluate import (CocoEvalSet, EvalSet, Metrics, TFLitePredictor, TorchPredictor, evaluate,
+                                        load_eval_set)
 from edge_yolov9.train.models import YOLO
 
 logger = logging.getLogger(__name__)
 
 VAL_SPLIT = "val"
 EVALUATION = PostprocessConfig.for_evaluation()
-
-
-class TFLitePredictor:
-    """A converted .tflite as a :data:`~train.evaluate.BatchPredictor`, run on the CPU by the runtime's
-    Detector with the COCO-evaluation thresholds."""
-
-    def __init__(self, model: Path, *, threads: int | None = None):
-        self.detector = Detector(model, device="cpu", threads=threads, config=EVALUATION)
-
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return [as_detections(self.detector.detect(image)) for image in images]
-
-
-def as_detections(found: Sequence[Detection]) -> Detections:
-    """The runtime's detections of one image as the evaluator's arrays."""
-    return Detections(np.array([d.box for d in found], np.float32).reshape(-1, 4),
-                      np.array([d.score for d in found], np.float32), np.array([d.class_id for d in found], np.int64))
 
 
 @dataclass(frozen=True)

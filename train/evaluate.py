@@ -266,6 +266,43 @@ def coco_metrics(gt: GroundTruth, results: Sequence[dict[str, Any]]) -> Metrics:
                    num_instances=gt.num_instances)
 
 
+class TFLitePredictor:
+    """A converted .tflite as a :data:`BatchPredictor`: the runtime's own Detector (what runs on the Pi), with
+    the COCO-evaluation thresholds; ``device`` as the Detector takes it (an Edge TPU model on 'usb'...)."""
+
+    def __init__(self, model: str | os.PathLike, *, device: str = "cpu", threads: int | None = None,
+                 config: PostprocessConfig = PostprocessConfig.for_evaluation()):
+        from edge_yolov9.detector import Detector
+
+        self.detector = Detector(model, device=device, threads=threads, config=config)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        return [as_detections(self.detector.detect(image)) for image in images]
+
+
+def as_detections(found: Sequence[Any]) -> Detections:
+    """The runtime's detections of one image (``edge_yolov9.types.Detection``) as the evaluator's arrays."""
+    return Detections(np.array([d.box for d in found], np.float32).reshape(-1, 4),
+                      np.array([d.score for d in found], np.float32), np.array([d.class_id for d in found], np.int64))
+
+
+def agreement_set(image_paths: Sequence[Path], names: Sequence[str], reference: BatchPredictor, *,
+                  batch_size: int = 8) -> YoloEvalSet | None:
+    """``image_paths`` labelled with ``reference``'s own detections: scoring another predictor on it gives
+    its agreement with ``reference`` (which scores 1.0 on it), as COCO mAP. None when ``reference`` finds
+    nothing there."""
+    found, sizes = predict_images(image_paths, reference, batch_size=batch_size)
+    samples = []
+    for path, detections, (width, height) in zip(image_paths, found, sizes):
+        x1, y1, x2, y2 = detections.boxes.T
+        labels = np.stack([detections.class_ids, (x1 + x2) / 2 / width, (y1 + y2) / 2 / height,
+                           (x2 - x1) / width, (y2 - y1) / height], axis=1).astype(np.float32)
+        samples.append(Sample(Path(path), labels))
+    if not any(len(sample.labels) for sample in samples):
+        return None
+    return YoloEvalSet(tuple(samples), tuple(names))
+
+
 def evaluate(eval_set: EvalSet, predict: BatchPredictor, *, batch_size: int = 8, progress: bool = False) -> Evaluation:
     """Predict on every image of ``eval_set`` and score the detections against its ground truth."""
     detections, sizes = predict_images(eval_set.image_paths, predict, batch_size=batch_size, progress=progress)
