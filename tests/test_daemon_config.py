@@ -126,12 +126,17 @@ def test_print_sample_config_round_trips(tmp_path):
     assert parse_config(out).model_dump() == parse_config(SAMPLE_CONFIG.read_text()).model_dump()
 
 
-def test_install_service_writes_a_unit_with_watchdog_restart_and_device_groups(tmp_path, capsys):
-    config_path = tmp_path / "daemon.yaml"
-    config_path.write_text(MINIMAL + "name: garage\n")
-    unit = tmp_path / "edge.service"
+def install_service(folder: Path, config_text: str, user: str) -> tuple[Path, Path]:
+    """`serve --install-service` of ``config_text`` written into ``folder``: the config's and the unit's paths."""
+    config_path, unit = folder / "daemon.yaml", folder / "edge-yolov9-garage.service"
+    config_path.write_text(config_text)
     assert main(["serve", "--config", str(config_path), "--install-service", "--unit-path", str(unit),
-                 "--user", "pi"]) == 0
+                 "--user", user]) == 0
+    return config_path, unit
+
+
+def test_install_service_writes_a_unit_with_watchdog_restart_and_device_groups(tmp_path, capsys):
+    config_path, unit = install_service(tmp_path, MINIMAL + "name: garage\n", "pi")
     text = unit.read_text()
     config = load_config(config_path)
     assert text == unit_text(config, config_path.resolve(), "pi", existing_groups())
@@ -154,11 +159,8 @@ def test_the_unit_opens_the_folders_the_daemon_writes_and_names_no_placeholder_p
     """ProtectHome=read-only and ProtectSystem=full would make a JSON-lines file under /home (or /etc)
     silently unwritable for the service: its folder is opened with ReadWritePaths. One under /tmp would land
     in the service's private /tmp: refused at install time. systemd itself accepts the unit."""
-    config_path = tmp_path / "daemon.yaml"
-    config_path.write_text(MINIMAL + "name: garage\njsonl:\n  path: /var/log/edge-yolov9/events.jsonl\n")
-    unit = tmp_path / "edge-yolov9-garage.service"
-    assert main(["serve", "--config", str(config_path), "--install-service", "--unit-path", str(unit),
-                 "--user", "root"]) == 0
+    config_path, unit = install_service(
+        tmp_path, MINIMAL + "name: garage\njsonl:\n  path: /var/log/edge-yolov9/events.jsonl\n", "root")
     text = unit.read_text()
     assert "ReadWritePaths=-/var/log/edge-yolov9\n" in text
     assert "Documentation=" not in text  # no placeholder URL
