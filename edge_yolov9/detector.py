@@ -213,14 +213,11 @@ class Detector:
         return read_tflite(path.read_bytes(), str(path))
 
     def _bind_tensors(self) -> None:
-        """Interpreter tensor indices of the input and of each output, matched by name."""
+        """Interpreter tensor indices of the input and of each output, matched by name (check_model_info has
+        made sure every output the metadata names is there)."""
         [inp] = self._interpreter.get_input_details()
         self._input_index = inp["index"]
         by_name = {d["name"]: d for d in self._interpreter.get_output_details()}
-        missing = [o.name for o in self.info.outputs if o.name not in by_name]
-        if missing:
-            raise ModelError(f"The model's outputs do not match its metadata (missing {missing})",
-                             "delete the stale sidecar .json or re-convert the model")
         boxes = [o for o in self.info.outputs if o.kind == "box"]
         classes = [o for o in self.info.outputs if o.kind == "cls"]
         self._box_outputs = [(by_name[o.name]["index"], o.scale, o.zero_point) for o in sorted(boxes, key=lambda o: o.stride)]

@@ -79,6 +79,4 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if isinstance(err, EdgeYoloError):  # pragma: no cover - EdgeYoloError is no OSError today
-            raise
         raise output_error(err, path, what) from None

@@ -35,7 +35,7 @@ class Frame(NamedTuple):
     ``name`` is what reports call it (the image's path, or 'clip.mp4#12' / 'camera0#12' for the 13th
     frame of a stream); ``stem`` names derived files, unique within the source: a relative path without
     suffix ('sub/photo' for a folder's sub/photo.jpg).
-    ``full_size`` is the file's (width, height) when ``image`` is a reduced decode of it (see
+    ``full_size`` is an image file's (width, height), which ``image`` may be a reduced decode of (see
     :func:`~edge_yolov9.preprocess.read_image`); boxes are reported in the full size's pixels.
     """
 

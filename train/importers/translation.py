@@ -15,6 +15,8 @@ import torch
 
 from edge_yolov9.model_file import STRIDES
 
+from ..models.config import recorded_size
+
 
 @dataclass
 class Translation:
@@ -67,8 +69,8 @@ def class_names_from(raw: Any) -> list[str] | None:
 def training_size(raw: Any) -> tuple[int, int] | None:
     """(height, width) from a recorded ``imgsz``: an int (a square) or an [h, w] pair, rounded up to a multiple of
     the largest stride as Ultralytics and the YOLOv9 repository do before training; None if unusable."""
-    sides = [raw, raw] if type(raw) is int else list(raw) if isinstance(raw, (list, tuple)) else []
-    if len(sides) != 2 or not all(type(side) is int and side > 0 for side in sides):
+    sides = recorded_size(raw)
+    if sides is None or not all(side > 0 for side in sides):
         return None
     stride = max(STRIDES)
     height, width = (math.ceil(side / stride) * stride for side in sides)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from edge_yolov9.model_file import STRIDES
+from edge_yolov9.model_file import STRIDES, InputSize
 
 AuxBranch = Literal["none", "fpn", "reversible"]
 # (height, width) of a model that records no training size: the size YOLOv9 models are published at.
@@ -24,13 +24,24 @@ def _require_ints(config: Any, names: tuple[str, ...], low: int) -> None:
 
 
 def _input_size(value: Any) -> tuple[int, int]:
-    """(height, width) from a pair, or from one int for a square; both multiples of the largest stride."""
-    size = (value, value) if type(value) is int else tuple(value) if isinstance(value, (tuple, list)) else ()
+    """(height, width) from a pair, or from one int for a square (not text: a config holds numbers); both
+    multiples of the largest stride."""
     stride = max(STRIDES)
-    if len(size) != 2 or not all(type(side) is int and side >= stride and side % stride == 0 for side in size):
+    size = recorded_size(value)
+    if size is None or not all(side >= stride and side % stride == 0 for side in size):
         raise ValueError(f"input_size must be (height, width) in multiples of {stride}, or one such int, "
                          f"got {value!r}.")
-    return size
+    return tuple(size)
+
+
+def recorded_size(value: Any) -> InputSize | None:
+    """An input size as a file records it, an int or an (height, width) pair; None for anything else."""
+    if isinstance(value, str):
+        return None
+    try:
+        return InputSize.of(value)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
