@@ -37,6 +37,7 @@ from edge_yolov9.train.models import YOLO
 from edge_yolov9.train.models.deploy import deploy_model
 
 from . import frigate
+from .stages import StageClock
 from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel
 
 logger = logging.getLogger(__name__)
@@ -217,12 +218,13 @@ def convert_float(model: YOLO, imgsz: int | tuple[int, int], layout: str = "raw"
 
 
 def convert_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterable[np.ndarray],
-                 layout: str = "raw") -> TFLiteModel:
+                 layout: str = "raw", clock: StageClock | None = None) -> TFLiteModel:
     """Fully int8 TFLite: int8 weights (per channel) and activations, int8 input fixed at scale 1/255,
     zero point -128 (``pixel - 128``), int8 outputs in ``layout`` (raw: six, each with its own scale;
     class logits always on CLS_LOGIT_QPARAMS).
 
-    ``calibration`` yields (1, H, W, 3) float inputs in [0, 1], letterboxed as at run time.
+    ``calibration`` yields (1, H, W, 3) float inputs in [0, 1], letterboxed as at run time; ``clock`` times
+    the two stages (int8 calibration, int8 lowering).
     """
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
@@ -230,25 +232,27 @@ def convert_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterabl
 
     from .quantizer import EdgeQuantizer
 
+    clock = clock or StageClock()
     sample = (_sample_input(imgsz),)
     fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model, layout)) if spec.kind == "cls"}
     quantizer = EdgeQuantizer(fixed_outputs=fixed)
     with torch.no_grad():
-        with _quiet_converter():
-            prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(), quantizer)
-        start, seen = time.monotonic(), 0
-        for image in calibration:
-            prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
-            seen += 1
-        if seen == 0:
-            raise ConversionError("No calibration input was given", "pass --calib with representative images")
-        logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)
-        with _quiet_converter():
+        with clock.stage("int8 calibration"):
+            with _quiet_converter():
+                prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(),
+                                        quantizer)
+            start, seen = time.monotonic(), 0
+            for image in calibration:
+                prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+                seen += 1
+            if seen == 0:
+                raise ConversionError("No calibration input was given", "pass --calib with representative images")
+            logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)
+        with clock.stage("int8 lowering"), _quiet_converter():
             quantized = convert_pt2e(prepared, fold_quantize=False)
             # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
             edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
-            content = edge.model_content()
-    tflite = _finish(content, model, layout)
+            tflite = _finish(edge.model_content(), model, layout)
     check_fully_integer(tflite)
     return tflite
 

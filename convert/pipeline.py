@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tqdm import tqdm
+
 from edge_yolov9.cli import CONVERT_INPUT_SIZES
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
 from edge_yolov9.model_file import InputSize, edgetpu_path, sidecar_path, write_sidecar
@@ -32,6 +34,7 @@ from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitC
 from .export import check_layout, convert_float, convert_int8, output_specs, prepare_for_export
 from .frigate import LABELMAP, write_labelmap
 from .metadata import attach_metadata, build_metadata, metadata_for_compiled
+from .stages import StageClock
 from .tflite_model import TFLiteModel
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class ConvertResult:
     exit_code: ExitCode = ExitCode.OK
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)  # of the int8 model
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage, in order
 
 
 @dataclass
@@ -144,9 +148,11 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
     """Run the whole conversion; raises :class:`EdgeYoloError` (and writes nothing) on bad input."""
     if options.out_dir.exists() and not options.out_dir.is_dir():
         raise EdgeYoloError(f"Output {options.out_dir} exists and is not a folder", "pass a folder with -o")
-    model, labels, _ = load_checkpoint(options.checkpoint)
-    imgsz = choose_input_size(model.cfg, options.imgsz, options.checkpoint, CONVERT_INPUT_SIZES)
-    calibration = calibration_set(options.calib, imgsz, options.calib_images)
+    clock = StageClock()
+    with clock.stage("load"):
+        model, labels, _ = load_checkpoint(options.checkpoint)
+        imgsz = choose_input_size(model.cfg, options.imgsz, options.checkpoint, CONVERT_INPUT_SIZES)
+        calibration = calibration_set(options.calib, imgsz, options.calib_images)
     compiler, compiler_missing = None, None
     if options.edgetpu:
         try:
@@ -156,16 +162,20 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
                 raise  # an explicit --compiler that is wrong is a usage error
             compiler_missing = err
     check_layout(model, labels, options.layout)
-    val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
-    deployed = prepare_for_export(model)
-    calibration = calibration.without_outliers(deployed)
+    with clock.stage("load"):
+        val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
+    with clock.stage("deploy transform"):
+        deployed = prepare_for_export(model)
+    with clock.stage("outlier pass"):
+        calibration = calibration.without_outliers(deployed)
     logger.info("Converting %s (%d classes) at %s, calibrating on %d images from %s", model.cfg.name,
                 len(labels), imgsz, len(calibration.images), calibration.source)
 
     staging = _Staging.open(options.out_dir)
     try:
-        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set)
-        result.files = staging.publish()
+        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set, clock)
+        with clock.stage("writing"):
+            result.files = staging.publish()
     except BaseException as err:
         staging.discard()
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -179,30 +189,39 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
         result.exit_code = ExitCode.COMPILER_MISSING
         result.notes.append(str(compiler_missing))
     _judge_accuracy(result, options)
+    result.stage_seconds = dict(clock.seconds)
+    logger.info("%s", clock.summary())
     return result
 
 
 def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: CalibrationSet,
-                  options: ConvertOptions, compiler: Path | None, val_set: ValSet | None) -> ConvertResult:
+                  options: ConvertOptions, compiler: Path | None, val_set: ValSet | None,
+                  clock: StageClock) -> ConvertResult:
     describe = dict(model_name=deployed.cfg.name, labels=labels, imgsz=calibration.imgsz, strides=deployed.strides,
                     reg_max=deployed.head.reg_max, outputs=output_specs(deployed, options.layout),
                     layout=options.layout, checkpoint=options.checkpoint,
                     checkpoint_sha256=file_sha256(options.checkpoint))
 
     logger.info("Converting to a float TFLite model")
-    float_model = convert_float(deployed, calibration.imgsz, options.layout)
-    _save_with_metadata(float_model, folder / FLOAT_MODEL, build_metadata(float_model, variant="float", **describe))
+    with clock.stage("float lowering"):
+        float_model = convert_float(deployed, calibration.imgsz, options.layout)
+        _save_with_metadata(float_model, folder / FLOAT_MODEL,
+                            build_metadata(float_model, variant="float", **describe))
 
     logger.info("Quantizing to int8: calibration, then conversion")
-    int8_model = convert_int8(deployed, calibration.imgsz, calibration.inputs(), options.layout)
-    if options.uint8_io:
-        int8_model = int8_model.with_uint8_io()
-    int8_metadata = build_metadata(int8_model, variant="int8", calibration=calibration.to_dict(), **describe)
-    int8_path = _save_with_metadata(int8_model, folder / INT8_MODEL, int8_metadata)
-    if options.layout == "frigate":
-        write_labelmap(folder / LABELMAP, labels)
+    inputs = tqdm(calibration.inputs(), total=len(calibration.images), desc="calibrating", unit="img", disable=None,
+                  leave=False)
+    int8_model = convert_int8(deployed, calibration.imgsz, inputs, options.layout, clock)
+    with clock.stage("int8 lowering"):
+        if options.uint8_io:
+            int8_model = int8_model.with_uint8_io()
+        int8_metadata = build_metadata(int8_model, variant="int8", calibration=calibration.to_dict(), **describe)
+        int8_path = _save_with_metadata(int8_model, folder / INT8_MODEL, int8_metadata)
+        if options.layout == "frigate":
+            write_labelmap(folder / LABELMAP, labels)
 
-    report = precheck(TFLiteModel.from_bytes(int8_path.read_bytes(), source=INT8_MODEL))
+    with clock.stage("Edge TPU precheck"):
+        report = precheck(TFLiteModel.from_bytes(int8_path.read_bytes(), source=INT8_MODEL))
     report.save(folder / PRECHECK_STEM)
     result = ConvertResult(options.out_dir, calibration.imgsz, {}, report, metadata=int8_metadata)
     if report.failed:
@@ -210,12 +229,13 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
                             f"see {PRECHECK_STEM}.md")
     if val_set is not None:
         result.accuracy = measure_accuracy(val_set, deployed, options.checkpoint, folder / FLOAT_MODEL, int8_path,
-                                           max_drop=options.max_drop)
+                                           max_drop=options.max_drop, clock=clock)
         result.accuracy.save(folder / ACCURACY_STEM)
         logger.info("%s", result.accuracy.summary())
     if compiler is not None:
-        result.compile = compile_for_edgetpu(int8_path, folder, compiler=compiler,
-                                             min_runtime_version=options.min_runtime_version)
+        with clock.stage("edgetpu_compiler"):
+            result.compile = compile_for_edgetpu(int8_path, folder, compiler=compiler,
+                                                 min_runtime_version=options.min_runtime_version)
         result.compile.report.model = INT8_MODEL
         result.compile.report.save(folder / COMPILE_REPORT_STEM)
         if result.compile.ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,12 @@ def test_convert_writes_the_products_and_explains_the_missing_compiler(out320):
     assert "int8 model input: int8 [1, 320, 320, 3] scale=0.0039215689 zero_point=-128" in stdout
     assert "Edge TPU precheck: model_int8.tflite: PASS" in stdout
     assert "coral-edgetpu-stable main" in stdout and "sudo apt-get install edgetpu-compiler" in stdout
+    [summary] = re.findall(r"Stage times: ([\d.]+) s in all; (.*)", stdout)
+    stages = dict(re.findall(r"([\w :]+?) ([\d.]+) s(?:, |$)", summary[1]))
+    assert list(stages) == ["load", "deploy transform", "outlier pass", "float lowering", "int8 calibration",
+                            "int8 lowering", "Edge TPU precheck", "writing"]
+    assert float(stages["int8 lowering"]) > 1 and sum(map(float, stages.values())) == pytest.approx(
+        float(summary[0]), abs=0.1 * len(stages))
 
 
 def test_int8_graph_is_fully_integer_and_edgetpu_shaped(out320):

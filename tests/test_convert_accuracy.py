@@ -21,6 +21,7 @@ from edge_yolov9.convert.accuracy import AccuracyReport, ModelAccuracy, find_val
 from edge_yolov9.convert.export import prepare_for_export
 from edge_yolov9.cli import main
 from edge_yolov9.postprocess import PostprocessConfig
+from edge_yolov9.model_file import InputSize
 from test_convert import fast_pipeline  # noqa: F401  (the fixture, used by name)
 from test_edgetpu import CPU_OPS_LOG, fake_compiler
 from edge_yolov9.train.checkpoint import load_checkpoint
@@ -108,7 +109,8 @@ def test_report_of_pytorch_float_and_int8(tmp_path, ball_checkpoint, ball_data, 
                                       str(row["images"]), str(row["instances"])]
     assert f"{VAL_IMAGES} images, {objects} objects" in markdown and report["val"] in markdown
     assert "conf 0.001, NMS IoU 0.7, up to 300 detections per image, multi-label" in markdown
-    assert f"{report['drop_ap']:+.2f} AP drop in mAP50-95" in markdown and markdown.startswith("# int8 accuracy: PASS")
+    assert f"int8 {-report['drop_ap']:+.2f} AP vs PyTorch in mAP50-95" in markdown
+    assert markdown.startswith("# int8 accuracy: PASS")
     assert markdown in stdout and "No int8 accuracy report" not in stdout
 
 
@@ -194,3 +196,15 @@ def test_verdict_at_the_limit():
     assert report.drop == 1.0 and report.passed
     assert not replace(report, max_drop=0.99).passed
     assert replace(report, int8_tflite=row(0.51)).drop == -1.0
+
+
+def test_the_change_reads_right_both_ways():
+    """An int8 model that scores higher is said to gain ('int8 +0.20 AP vs PyTorch'), never a '-0.20 AP drop'."""
+    def row(map50_95: float) -> ModelAccuracy:
+        return ModelAccuracy("m", "f", map50_95, map50_95, 1, 1)
+
+    higher = AccuracyReport("v", InputSize(320, 320), row(0.5), row(0.5), row(0.502), max_drop=1.0)
+    lower = replace(higher, int8_tflite=row(0.4965))
+    assert higher.change() == "int8 +0.20 AP vs PyTorch" and "int8 +0.20 AP vs PyTorch in mAP50-95" in higher.render()
+    assert lower.change() == "int8 -0.35 AP vs PyTorch" and "(int8 -0.35 AP vs PyTorch;" in lower.summary()
+    assert "drop" not in higher.change() and "+0.20 in mAP50" in higher.render()

@@ -217,11 +217,12 @@ def load_eval_set(data: str | os.PathLike, *, split: str = "val", images: str | 
 
 
 def predict_images(image_paths: Sequence[Path], predict: BatchPredictor, *, batch_size: int = 8,
-                   progress: bool = False) -> tuple[list[Detections], list[ImageSize]]:
+                   progress: str | None = None) -> tuple[list[Detections], list[ImageSize]]:
     """Run ``predict`` over the images in batches: detections and (width, height) of each image."""
     detections: list[Detections] = []
     sizes: list[ImageSize] = []
-    with tqdm(total=len(image_paths), desc="val", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(image_paths), desc=progress, unit="img", disable=None if progress else True,
+              leave=False) as bar:
         for start in range(0, len(image_paths), batch_size):
             images = [load_image(p) for p in image_paths[start:start + batch_size]]
             detections.extend(predict(images))
@@ -303,8 +304,10 @@ def agreement_set(image_paths: Sequence[Path], names: Sequence[str], reference: 
     return YoloEvalSet(tuple(samples), tuple(names))
 
 
-def evaluate(eval_set: EvalSet, predict: BatchPredictor, *, batch_size: int = 8, progress: bool = False) -> Evaluation:
-    """Predict on every image of ``eval_set`` and score the detections against its ground truth."""
+def evaluate(eval_set: EvalSet, predict: BatchPredictor, *, batch_size: int = 8,
+             progress: str | None = None) -> Evaluation:
+    """Predict on every image of ``eval_set`` and score the detections against its ground truth; ``progress``
+    names a progress bar (shown on a terminal)."""
     detections, sizes = predict_images(eval_set.image_paths, predict, batch_size=batch_size, progress=progress)
     gt = eval_set.ground_truth(sizes)
     results = coco_results(gt, detections)

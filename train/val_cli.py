@@ -47,7 +47,7 @@ def _val(args: argparse.Namespace) -> int:
     if list(model_names) != list(eval_set.names):
         logger.warning("The model's class names (%s, ...) differ from the data's (%s, ...); "
                        "the model's class k is scored as the data's class k", model_names[0], eval_set.names[0])
-    result = evaluate(eval_set, predictor, batch_size=args.batch, progress=True)
+    result = evaluate(eval_set, predictor, batch_size=args.batch, progress="val")
     if args.save_json:
         with writing(args.save_json, "the detections"):
             args.save_json.parent.mkdir(parents=True, exist_ok=True)

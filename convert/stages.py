@@ -1,0 +1,31 @@
+"""Wall time of each stage of a conversion: logged as each stage ends (seen with -v), summed up in one line
+at the end of the run (what benchmarks/convert_speed.py reads), and kept in the result."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+
+class StageClock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            logger.debug("Stage %s took %.1f s", name, elapsed)
+
+    def summary(self) -> str:
+        """``Stage times: 107.0 s in all; load 0.5 s, ...`` (stages in the order they ran)."""
+        parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
+        return f"Stage times: {sum(self.seconds.values()):.1f} s in all; {parts}"
