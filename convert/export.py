@@ -53,6 +53,9 @@ CLS_LOGIT_QPARAMS = (1 / 16, 0)
 # detector uses; the runtime never selects a logit at the floor), and the float model's score (2e-9) is
 # below every threshold the runtime accepts (edge_yolov9.decode.logit floors thresholds at 1e-7).
 PADDING_LOGIT = -20.0
+# The litert-torch releases whose forced re-traces are known to be needless (_skip_needless_decompositions):
+# the one pyproject pins.
+SKIP_DECOMPOSITIONS_IN = ("0.10.0",)
 
 
 class ConversionError(EdgeYoloError):
@@ -192,6 +195,31 @@ def _quiet_converter() -> Iterator[None]:
             litert_torch.config.show_progress = previous
 
 
+@contextlib.contextmanager
+def _skip_needless_decompositions() -> Iterator[None]:
+    """litert-torch 0.10 re-traces the whole graph in three ``run_decompositions`` calls per conversion, two of
+    them forced (``can_skip=False``) although by then the graph holds no op they would decompose; each re-trace
+    of the int8 graph takes many seconds. Here every call may skip when its own check finds nothing to
+    decompose. The .tflite is byte for byte the same (tests/test_convert_tflite.py); other litert-torch
+    versions run unchanged."""
+    import litert_torch
+    from litert_torch import fx_infra
+
+    if litert_torch.__version__ not in SKIP_DECOMPOSITIONS_IN:
+        yield
+        return
+    forced = fx_infra.safe_run_decompositions
+
+    def skippable(exported_program, decomp_table=None, can_skip=True):
+        return forced(exported_program, decomp_table, can_skip=True)
+
+    fx_infra.safe_run_decompositions = skippable
+    try:
+        yield
+    finally:
+        fx_infra.safe_run_decompositions = forced
+
+
 def _sample_input(imgsz: int | tuple[int, int]) -> torch.Tensor:
     height, width = InputSize.of(imgsz)
     return torch.zeros(1, height, width, 3)
@@ -211,7 +239,7 @@ def convert_float(model: YOLO, imgsz: int | tuple[int, int], layout: str = "raw"
     """Float32 TFLite of a deploy model: NHWC float input in [0, 1], float outputs in ``layout``."""
     import litert_torch
 
-    with _quiet_converter(), torch.no_grad():
+    with _quiet_converter(), _skip_needless_decompositions(), torch.no_grad():
         edge = litert_torch.convert(export_module(model, layout), (_sample_input(imgsz),))
         content = edge.model_content()
     return _finish(content, model, layout)
@@ -248,7 +276,7 @@ def convert_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterabl
             if seen == 0:
                 raise ConversionError("No calibration input was given", "pass --calib with representative images")
             logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)
-        with clock.stage("int8 lowering"), _quiet_converter():
+        with clock.stage("int8 lowering"), _quiet_converter(), _skip_needless_decompositions():
             quantized = convert_pt2e(prepared, fold_quantize=False)
             # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
             edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))

@@ -453,3 +453,31 @@ def test_512_conversion(out512, coco128):
     detector = Detector(path, device="cpu", threads=1, score_threshold=0.001)
     _, timing = detector.detect_with_timing(next((coco128 / "images" / "train2017").glob("*.jpg")))
     assert detector.info.size == (512, 512) and timing.invoke > 0
+
+
+@pytest.mark.parametrize("variant, layout", [("float", "raw"), ("int8", "frigate")])
+def test_skipping_needless_decompositions_changes_no_byte(coco128, monkeypatch, variant, layout):
+    """The forced litert-torch re-traces that convert skips (export._skip_needless_decompositions) would not have
+    changed the model: the .tflite is byte for byte that of litert-torch as it comes (the float lowering, and the
+    int8 one with the Frigate layout's reshapes and concatenations)."""
+    import litert_torch
+
+    from edge_yolov9.convert import export
+    from edge_yolov9.convert.calibration import calibration_set
+    from support.conversions import trained_like
+
+    if litert_torch.__version__ not in export.SKIP_DECOMPOSITIONS_IN:
+        pytest.fail(f"litert-torch {litert_torch.__version__}: check whether its forced re-traces are still needless "
+                    "and update SKIP_DECOMPOSITIONS_IN (or drop the skip)")
+    photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:4]
+    model = export.prepare_for_export(trained_like(photos, csp_depth=1))
+    calibration = calibration_set(coco128 / "images" / "train2017", 160, limit=2)
+
+    def lowered() -> bytes:
+        if variant == "float":
+            return export.convert_float(model, 160, layout).to_bytes()
+        return export.convert_int8(model, 160, calibration.inputs(), layout).to_bytes()
+
+    skipped = lowered()
+    monkeypatch.setattr(export, "SKIP_DECOMPOSITIONS_IN", ())
+    assert lowered() == skipped
