@@ -40,6 +40,7 @@ OUTLIER_PEAK_RATIO = 3.0
 OUTLIER_LAYER_SHARE = 0.25
 MAX_OUTLIER_SHARE = 0.1
 MIN_IMAGES_FOR_OUTLIERS = 20
+OUTLIER_PASS_BATCH = 16  # images per forward pass of the outlier pass (a batch runs several times faster per image)
 
 
 def find_calibration_images(source: str | os.PathLike, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
@@ -117,27 +118,39 @@ class CalibrationSet:
         return {"source": self.source, "images": len(self.images), "outliers_left_out": len(self.outliers)}
 
 
-def activation_peaks(model: "nn.Module", inputs: Iterator[tuple[Path, np.ndarray]]) -> tuple[list[Path], np.ndarray]:
+def activation_peaks(model: "nn.Module", inputs: Iterator[tuple[Path, np.ndarray]],
+                     batch_size: int = OUTLIER_PASS_BATCH) -> tuple[list[Path], np.ndarray]:
     """The paths, and (images, modules) the largest |output| of each leaf module of ``model`` per image;
-    ``inputs`` are (path, (1, H, W, 3)) pairs."""
+    ``inputs`` are (path, (1, H, W, 3)) pairs, run ``batch_size`` at a time (each image's peaks are its own)."""
     import torch
 
-    current: list[float] = []
+    current: list["torch.Tensor"] = []
     leaves = [m for m in model.modules() if not any(m.children())]
 
     def record(_module: "nn.Module", _inputs: object, output: object) -> None:
         if isinstance(output, torch.Tensor):
-            current.append(float(output.detach().abs().max()))
+            current.append(output.detach().abs().amax(dim=tuple(range(1, output.ndim))))
 
     hooks = [m.register_forward_hook(record) for m in leaves]
-    paths, rows = [], []
+    paths: list[Path] = []
+    rows: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+
+    def run() -> None:
+        current.clear()
+        model(torch.from_numpy(np.concatenate(batch)).permute(0, 3, 1, 2))
+        rows.extend(torch.stack(current, dim=1).double().numpy())
+        batch.clear()
+
     try:
         with torch.no_grad():
             for path, image in inputs:
-                current.clear()
-                model(torch.from_numpy(image).permute(0, 3, 1, 2))
                 paths.append(path)
-                rows.append(list(current))
+                batch.append(image)
+                if len(batch) == batch_size:
+                    run()
+            if batch:
+                run()
     finally:
         for hook in hooks:
             hook.remove()

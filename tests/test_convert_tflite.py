@@ -390,6 +390,19 @@ def test_calibration_leaves_out_images_whose_activations_stretch_the_ranges(tmp_
     assert small.without_outliers(model) is small
 
 
+def test_the_outlier_pass_gives_each_image_of_a_batch_its_own_peaks(coco128):
+    """The outlier pass runs images in batches; each image's peaks are those it has run alone."""
+    from edge_yolov9.convert.calibration import activation_peaks, calibration_set
+
+    calibration = calibration_set(coco128 / "images" / "train2017", 96, limit=7)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), _Redness()).eval()
+    alone_paths, alone = activation_peaks(model, calibration._read(), batch_size=1)
+    paths, batched = activation_peaks(model, calibration._read(), batch_size=3)  # 3 + 3 + a batch of 1
+    assert paths == alone_paths == list(calibration.images) and batched.shape == (7, 3)
+    np.testing.assert_allclose(batched, alone, rtol=1e-5)
+    assert len(set(map(tuple, batched.round(6)))) == 7  # seven different rows, not one repeated
+
+
 def test_outlier_rows_are_images_extreme_across_the_network_most_widespread_first():
     from edge_yolov9.convert.calibration import outlier_rows
 
