@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -31,20 +32,26 @@ def cache_root() -> Path:
 
 
 def oracle_site() -> Path:
-    """The folder holding the oracle's packages, installed on first use (atomically, so parallel
-    test workers and interrupted runs never see a half-installed folder)."""
-    site = cache_root() / "ultralytics-8.3.3"
-    wanted = "\n".join(REQUIREMENTS) + "\n"
+    """The folder holding the oracle's packages, installed on first use."""
+    return isolated_site("ultralytics-8.3.3", REQUIREMENTS)
+
+
+def isolated_site(name: str, requirements: Sequence[str]) -> Path:
+    """``pip install --no-deps --target`` of ``requirements`` (plus torchvision's metadata) into the cache folder
+    ``name``, once, atomically, so parallel test workers and interrupted runs never see a half-installed folder.
+    Also used by benchmarks/convert_speed.py for the Ultralytics release it compares with."""
+    site = cache_root() / name
+    wanted = "\n".join(requirements) + "\n"
     marker = site / MARKER
     if marker.is_file() and marker.read_text() == wanted:
         return site
     staging = site.with_name(f"{site.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input", "--disable-pip-version-check",
-               "--quiet", "--target", str(staging), *REQUIREMENTS]
+               "--quiet", "--target", str(staging), *requirements]
     done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     if done.returncode != 0:
-        raise RuntimeError(f"Installing the Ultralytics oracle failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"Installing {name} failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
     metadata = staging / f"torchvision-{TORCHVISION_METADATA_VERSION}.dist-info"
     metadata.mkdir()
     (metadata / "METADATA").write_text(
