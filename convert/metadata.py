@@ -33,7 +33,8 @@ def converter_versions() -> dict[str, str | None]:
 def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str], imgsz: int,
                    strides: Sequence[int], reg_max: int, outputs: Sequence[OutputSpec], variant: str,
                    layout: str = "raw", checkpoint: str | os.PathLike | None = None,
-                   checkpoint_sha256: str | None = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+                   checkpoint_sha256: str | None = None, weights_license: dict[str, str] | None = None,
+                   calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metadata of one converted file; ``outputs`` are the exported outputs in graph order, in ``layout``."""
     [image] = tflite.inputs
     try:
@@ -41,7 +42,8 @@ def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str
             input_tensor=image.to_dict(), output_tensors=[t.to_dict() for t in tflite.outputs], outputs=outputs,
             model_name=model_name, labels=labels, imgsz=imgsz, strides=strides, reg_max=reg_max, variant=variant,
             layout=layout, padding_classes=padding_classes(len(labels)) if layout == "frigate" else 0,
-            source={"checkpoint": str(checkpoint) if checkpoint else None, "sha256": checkpoint_sha256},
+            source={"checkpoint": str(checkpoint) if checkpoint else None, "sha256": checkpoint_sha256,
+                    "weights_license": weights_license},
             calibration=calibration, converter=converter_versions())
     except ValueError as err:
         raise ValueError(f"{tflite.source}: {err}") from None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from edge_yolov9.cli import CONVERT_INPUT_SIZES
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
-from edge_yolov9.model_file import InputSize, edgetpu_path, sidecar_path, write_sidecar
+from edge_yolov9.model_file import InputSize, edgetpu_path, sidecar_path, weights_notice, write_sidecar
 from edge_yolov9.train.checkpoint import choose_input_size, file_sha256, load_checkpoint
 from edge_yolov9.train.models import YOLO
 
@@ -150,7 +150,7 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
         raise EdgeYoloError(f"Output {options.out_dir} exists and is not a folder", "pass a folder with -o")
     clock = StageClock()
     with clock.stage("load"):
-        model, labels, _ = load_checkpoint(options.checkpoint)
+        model, labels, meta = load_checkpoint(options.checkpoint)
         imgsz = choose_input_size(model.cfg, options.imgsz, options.checkpoint, CONVERT_INPUT_SIZES)
         calibration = calibration_set(options.calib, imgsz, options.calib_images)
     compiler, compiler_missing = None, None
@@ -173,7 +173,8 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
 
     staging = _Staging.open(options.out_dir)
     try:
-        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set, clock)
+        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set, clock,
+                               meta.get("weights_license"))
         with clock.stage("writing"):
             result.files = staging.publish()
     except BaseException as err:
@@ -196,11 +197,11 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
 
 def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: CalibrationSet,
                   options: ConvertOptions, compiler: Path | None, val_set: ValSet | None,
-                  clock: StageClock) -> ConvertResult:
+                  clock: StageClock, weights_license: dict[str, str] | None) -> ConvertResult:
     describe = dict(model_name=deployed.cfg.name, labels=labels, imgsz=calibration.imgsz, strides=deployed.strides,
                     reg_max=deployed.head.reg_max, outputs=output_specs(deployed, options.layout),
                     layout=options.layout, checkpoint=options.checkpoint,
-                    checkpoint_sha256=file_sha256(options.checkpoint))
+                    checkpoint_sha256=file_sha256(options.checkpoint), weights_license=weights_license)
 
     logger.info("Converting to a float TFLite model")
     with clock.stage("float lowering"):
@@ -224,6 +225,8 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
         report = precheck(TFLiteModel.from_bytes(int8_path.read_bytes(), source=INT8_MODEL))
     report.save(folder / PRECHECK_STEM)
     result = ConvertResult(options.out_dir, calibration.imgsz, {}, report, metadata=int8_metadata)
+    if weights_license:
+        result.notes.append(weights_notice(weights_license))
     if report.failed:
         result.notes.append("The int8 model fails the Edge TPU precheck (it still runs on the CPU); "
                             f"see {PRECHECK_STEM}.md")

@@ -292,6 +292,26 @@ def infer_model_info(interpreter: Any, labels: Sequence[str] | None) -> ModelInf
     return ModelInfo(names, spec(inp), tuple(outputs))
 
 
+# What the license of weights made elsewhere means for whoever redistributes a model made from them: the
+# commands that write such a model (import, train, convert) print it, and the metadata keeps the license
+# (source.weights_license, from the checkpoint's meta).
+WEIGHTS_NOTICES = {
+    "AGPL-3.0": "a model made from them is a work based on AGPL-3.0 weights: distributing it, or serving it to "
+                "users over a network, requires offering it under the AGPL-3.0",
+    "GPL-3.0": "a model made from them is a work based on GPL-3.0 weights: distributing it requires offering it "
+               "under the GPL-3.0",
+    "MIT": "a model made from them may be distributed under any terms that keep the MIT copyright notice",
+}
+
+
+def weights_notice(weights_license: Mapping[str, Any]) -> str:
+    """One line: where the weights came from, their license and what it means for redistribution."""
+    license_id = weights_license["license"]
+    meaning = WEIGHTS_NOTICES.get(license_id, "check its terms before distributing a model made from them")
+    return (f"weights from {weights_license['source_file']} ({weights_license['source_format']}) are licensed "
+            f"{license_id}: {meaning}")
+
+
 def build_metadata(*, input_tensor: Mapping[str, Any], output_tensors: Sequence[Mapping[str, Any]],
                    outputs: Sequence[Any], model_name: str, labels: Sequence[str], imgsz: int | tuple[int, int],
                    strides: Sequence[int], reg_max: int, variant: str, layout: str = "raw", padding_classes: int = 0,

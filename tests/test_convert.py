@@ -209,6 +209,14 @@ def test_precheck_passes_int8_and_fails_float_with_reasons(out320):
     assert {c.name for c in report.checks if c.status == "FAIL"} == {"input dtype", "output dtype"}
 
 
+def test_the_weights_license_reaches_the_model_and_the_user(out320):
+    """The ball model was imported from Ultralytics: its AGPL-3.0 goes into the models' metadata and a note."""
+    origin = {"license": "AGPL-3.0", "source_format": "ultralytics", "source_file": "yolov9t_ball.pt"}
+    for name in ("model_float.json", "model_int8.json"):
+        assert json.loads((out320 / "out" / name).read_text())["source"]["weights_license"] == origin
+    assert "note: weights from yolov9t_ball.pt (ultralytics) are licensed AGPL-3.0" in (out320 / "stdout.txt").read_text()
+
+
 def test_metadata_is_complete(out320, ball_checkpoint):
     out = out320 / "out"
     meta = json.loads((out / "model_int8.json").read_text())

@@ -105,6 +105,7 @@ def test_yolov9_repository_layouts_round_trip(tmp_path, base_width, num_classes,
     path = save_official_checkpoint(foreign, tmp_path / "official.pt", half=half)
     result = import_checkpoint(path)
     assert result.format == "yolov9" and result.model.cfg.name == variant
+    assert result.weights_license() == {"license": "GPL-3.0", "source_format": "yolov9", "source_file": "official.pt"}
     assert result.complete and result.names == names
     expected_dfl = ["model.29.dfl.conv.weight", "model.29.dfl2.conv.weight"] if aux else ["model.22.dfl.conv.weight"]
     assert set(expected_dfl) <= set(result.used)
@@ -174,6 +175,7 @@ def test_mit_release_weights_round_trip(tmp_path):
     foreign = build_mit_model(16, 40)
     result = import_checkpoint(save_release_weights(foreign, tmp_path / "v9-t.pt"))
     assert result.format == "mit" and result.model.cfg.name == "yolov9-t"
+    assert result.weights_license()["license"] == "MIT"
     assert result.complete and len(result.used) == len(foreign.model.state_dict())
     assert "22.heads.0.anc2vec.anc2vec.weight" in result.used and "30.heads.2.anc2vec.anc2vec.weight" in result.used
     assert result.names == [f"class{i}" for i in range(40)] and result.names_source == "default"
@@ -355,6 +357,8 @@ def test_cli_writes_a_weights_only_checkpoint(tmp_path, capsys, ultralytics_t_ch
     assert raw["meta"]["imported_from"] == str(ultralytics_t_checkpoint)
     model, names, meta = load_checkpoint(output)
     assert names == ["ball"] and meta["import_report"]["counts"]["used"] == 1375
+    assert meta["weights_license"] == report["weights_license"] == {
+        "license": "AGPL-3.0", "source_format": "ultralytics", "source_file": ultralytics_t_checkpoint.name}
     image = torch.from_numpy(real_image)
     with torch.no_grad():
         _assert_maps_close(_raw_maps(model(image).main), _raw_maps(imported_ultralytics.model.eval()(image).main), 0)
@@ -364,7 +368,9 @@ def test_cli_text_report(tmp_path, capsys, ultralytics_t_checkpoint):
     assert cli_main(["import", str(ultralytics_t_checkpoint), "-o", str(tmp_path / "m.pt")]) == 0
     text = capsys.readouterr().out
     for expected in ("format    ultralytics", "variant   gelan-t", "1 from checkpoint: ball",
-                     "1375 used, 0 missing, 0 unexpected"):
+                     "1375 used, 0 missing, 0 unexpected",
+                     f"license   weights from {ultralytics_t_checkpoint.name} (ultralytics) are licensed AGPL-3.0: "
+                     "a model made from them is a work based on AGPL-3.0 weights"):
         assert expected in text
 
 

@@ -103,14 +103,19 @@ def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_pa
     from edge_yolov9.train.checkpoint import save_checkpoint
 
     donor = create_model("gelan-t", num_classes=3)
-    save_checkpoint(source, donor, ["a", "b", "c"])
-    trainer = Trainer(config(data, tmp_path, weights=str(source), freeze_backbone=True))
+    origin = {"license": "GPL-3.0", "source_format": "yolov9", "source_file": "gelan-t.pt"}
+    save_checkpoint(source, donor, ["a", "b", "c"], meta={"weights_license": origin})
+    trainer = Trainer(config(data, tmp_path, weights=str(source), freeze_backbone=True, epochs=1))
     model = trainer.model
     torch.testing.assert_close(model.layers[4].cv4.conv.weight, donor.layers[4].cv4.conv.weight)
     torch.testing.assert_close(model.head.box[0][0].conv.weight, donor.head.box[0][0].conv.weight)
     assert model.head.cls[0][-1].weight.shape[0] == 80
     assert not any(p.requires_grad for p in model.layers[:9].parameters())
     assert all(p.requires_grad for p in model.layers[9:].parameters())
+    # the foreign weights' license goes with every checkpoint made from them
+    trainer.fit()
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(trainer.run_dir / name)[2]["weights_license"] == origin
 
 
 def test_unreadable_training_image_is_a_dataset_error(coco128, tmp_path):

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError, writing
-from edge_yolov9.model_file import InputSize
+from edge_yolov9.model_file import InputSize, weights_notice
 from edge_yolov9.preprocess import load_image
 
 from .augment import Annotated, AugmentConfig, augment, resize_to_fit
@@ -301,6 +301,7 @@ class Trainer:
             raise DatasetError(f"The `train` split of {self.data.yaml_path} has no images", "add images")
         self.val_set = load_eval_set(data_yaml, split="val")
         torch.manual_seed(cfg.seed)  # the initial weights, hence the whole run, follow the seed
+        self.weights_license: dict[str, str] | None = None  # of foreign --weights, carried into every checkpoint
         self.model = self._build_model().to(self.device)
         self.loss = DetectionLoss(self.model.strides, self.model.cfg.head.reg_max, LossConfig(**cfg.loss))
         try:
@@ -327,7 +328,10 @@ class Trainer:
         model = create_model(cfg.model, num_classes=self.data.num_classes, activation=cfg.activation,
                              input_size=cfg.imgsz)
         if cfg.weights:
-            source, _, _ = load_checkpoint(cfg.weights, strict=False)
+            source, _, source_meta = load_checkpoint(cfg.weights, strict=False)
+            self.weights_license = source_meta.get("weights_license")
+            if self.weights_license:
+                logger.warning("Fine-tuning %s: %s", cfg.weights, weights_notice(self.weights_license))
             # Fine-tuning: everything whose shape fits is kept; class layers of another class count
             # and branches the source lacks (e.g. PGI aux from a gelan checkpoint) start fresh.
             report = load_weights(model, source.state_dict(), strict=False)
@@ -346,6 +350,7 @@ class Trainer:
                                 "resume from the run's last.pt")
         self.model.load_state_dict(state["train_model"])
         self.ema.ema.load_state_dict(state["model"])
+        self.weights_license = state["meta"].get("weights_license")
         self.ema.updates = state["ema_updates"]
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
@@ -358,6 +363,8 @@ class Trainer:
     def _save(self, epoch: int, best: bool) -> None:
         meta = {"epoch": epoch, "source": "train",
                 "map50_95": self.history[-1].map50_95, "map50": self.history[-1].map50}
+        if self.weights_license:
+            meta["weights_license"] = self.weights_license
         state = {"train_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "ema_updates": self.ema.updates, "epoch": epoch, "best_fitness": self.best_fitness,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_yolov9.cli import add_command, existing_file, print_result
+from edge_yolov9.model_file import weights_notice
 from edge_yolov9.errors import ModelError
 
 from ..cli import require_torch
@@ -58,6 +59,7 @@ def _import(args: argparse.Namespace) -> int:
         for title in ("missing", "unexpected", "shape_mismatch"):
             lines += [f"  {title}: {key}" for key in report[title]]
         lines += [f"  note: {note}" for note in report["notes"]]
+        lines.append(f"  license   {weights_notice(report['weights_license'])}")
         return "\n".join(lines)
 
     print_result(report, args.json, render)

@@ -52,6 +52,7 @@ class ImportResult:
     source: Path
     source_sha256: str
     format: str
+    license: str
     used: list[str]
     load_report: LoadReport
     notes: list[str] = field(default_factory=list)
@@ -60,11 +61,16 @@ class ImportResult:
     def complete(self) -> bool:
         return self.load_report.complete
 
+    def weights_license(self) -> dict[str, str]:
+        """What the checkpoint's meta keeps of the weights' origin (see edge_yolov9.model_file.weights_notice)."""
+        return {"license": self.license, "source_format": self.format, "source_file": self.source.name}
+
     def report(self) -> dict[str, Any]:
         """Plain data (stored in the checkpoint's meta and printed by ``--json``)."""
         cfg, load = self.model.cfg, self.load_report
         return {
             "source": str(self.source), "source_sha256": self.source_sha256, "format": self.format,
+            "weights_license": self.weights_license(),
             "variant": cfg.name, "aux": cfg.aux, "num_classes": cfg.num_classes, "names": list(self.names),
             "names_from": self.names_source, "config": cfg.to_dict(),
             "counts": {"used": len(self.used), "missing": len(load.missing), "unexpected": len(load.unexpected),
@@ -194,7 +200,7 @@ def import_checkpoint(path: str | os.PathLike, *, checkpoint_format: str = "auto
     load_report, used = _account(load_weights(model, translation.tensors, strict=False), translation)
     class_names, names_source = resolve_names(translation.names, names, cfg.num_classes, source)
     result = ImportResult(model=model.eval(), names=class_names, names_source=names_source, source=path,
-                          source_sha256=file_sha256(path), format=fmt.name, used=used, load_report=load_report,
+                          source_sha256=file_sha256(path), format=fmt.name, license=fmt.license, used=used, load_report=load_report,
                           notes=translation.notes)
     if not (result.complete or partial):
         raise ModelError(f"{source} does not fit {cfg.name} exactly: {load_report.summary()}",
@@ -219,5 +225,6 @@ def _account(load: LoadReport, translation: Translation) -> tuple[LoadReport, li
 def save_imported(result: ImportResult, output: str | os.PathLike) -> Path:
     """Write the imported model as an edge-yolov9 checkpoint, with where it came from in its meta."""
     meta = {"imported_from": str(result.source), "source_format": result.format,
-            "source_sha256": result.source_sha256, "import_report": result.report()}
+            "source_sha256": result.source_sha256, "import_report": result.report(),
+            "weights_license": result.weights_license()}
     return save_checkpoint(output, result.model, result.names, meta=meta)

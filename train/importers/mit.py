@@ -70,6 +70,7 @@ def published_block_path(path: str) -> str:
 class MitFormat:
     name: str = "mit"
     description: str = "MIT YOLO (MultimediaTechLab/YOLO) v9-t/v9-s weights (.pt state dicts, Lightning .ckpt)"
+    license: str = "MIT"
 
     def recognizes(self, payload: Any) -> bool:
         tensors = _tensor_mapping(payload)

@@ -54,6 +54,7 @@ class PickledModelFormat:
     description: str
     module_prefix: str
     settings_key: str
+    license: str
 
     def recognizes(self, payload: Any) -> bool:
         model = pickled_model(payload)
@@ -142,6 +143,6 @@ def _activation(model: Placeholder, source: str) -> str:
 
 ULTRALYTICS = PickledModelFormat(
     "ultralytics", "Ultralytics YOLOv9-T/S checkpoints (yolov9t.pt, yolov9s.pt and their fine-tunes)", "ultralytics.",
-    "train_args")
+    "train_args", "AGPL-3.0")
 YOLOV9 = PickledModelFormat(
-    "yolov9", "the YOLOv9 repository's yolov9-t/s, gelan-t/s and *-converted.pt checkpoints", "models.", "opt")
+    "yolov9", "the YOLOv9 repository's yolov9-t/s, gelan-t/s and *-converted.pt checkpoints", "models.", "opt", "GPL-3.0")

@@ -47,6 +47,7 @@ class CheckpointFormat(Protocol):
 
     name: str
     description: str
+    license: str  # of the weights that project publishes (an SPDX id)
 
     def recognizes(self, payload: Any) -> bool: ...
 
