@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from edge_yolov9.errors import DatasetError, EdgeYoloError
+from edge_yolov9.errors import DatasetError, EdgeYoloError, ModelError
 from edge_yolov9.train.checkpoint import load_checkpoint, read_checkpoint
 from edge_yolov9.train.loss import DetectionLoss
 from edge_yolov9.train.models import STRIDES, create_model
@@ -97,7 +99,7 @@ def test_end_to_end_train_and_val_on_coco128(coco128, tmp_path):
     assert {"last.pt", "best.pt", "results.csv", "loss.png", "map.png"} <= {p.name for p in run.iterdir()}
 
 
-def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_path):
+def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_path, caplog):
     data = tiny_dataset(coco128, tmp_path)
     source = tmp_path / "source.pt"
     from edge_yolov9.train.checkpoint import save_checkpoint
@@ -105,8 +107,14 @@ def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_pa
     donor = create_model("gelan-t", num_classes=3)
     origin = {"license": "GPL-3.0", "source_format": "yolov9", "source_file": "gelan-t.pt"}
     save_checkpoint(source, donor, ["a", "b", "c"], meta={"weights_license": origin})
-    trainer = Trainer(config(data, tmp_path, weights=str(source), freeze_backbone=True, epochs=1))
+    with caplog.at_level(logging.INFO):
+        trainer = Trainer(config(data, tmp_path, weights=str(source), freeze_backbone=True, epochs=1))
     model = trainer.model
+    assert "--model yolov9-t adds the PGI auxiliary branch" in caplog.text
+    fresh = re.search(r"tensors kept, (\d+) start fresh \((.*)\)$", caplog.text, re.MULTILINE)
+    reasons = dict((why, int(n)) for n, why in re.findall(r"(\d+) (in the [^,]*)", fresh[2]))
+    assert set(reasons) == {"in the class branch (3 -> 80 classes)", "in the added auxiliary branch"}
+    assert int(fresh[1]) == sum(reasons.values()) and "Partial weight load" not in caplog.text
     torch.testing.assert_close(model.layers[4].cv4.conv.weight, donor.layers[4].cv4.conv.weight)
     torch.testing.assert_close(model.head.box[0][0].conv.weight, donor.head.box[0][0].conv.weight)
     assert model.head.cls[0][-1].weight.shape[0] == 80
@@ -116,6 +124,53 @@ def test_fine_tuning_to_other_classes_keeps_all_but_class_layers(coco128, tmp_pa
     trainer.fit()
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(trainer.run_dir / name)[2]["weights_license"] == origin
+
+
+def person_dataset(coco128: Path, tmp_path: Path, count: int = 8) -> Path:
+    """A 1-class data.yaml over the first ``count`` coco128 images, their person labels only."""
+    root = tmp_path / "person"
+    images, labels = root / "images" / "train", root / "labels" / "train"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for image in sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:count]:
+        (images / image.name).symlink_to(image)
+        rows = (coco128 / "labels" / "train2017" / f"{image.stem}.txt").read_text().splitlines()
+        (labels / f"{image.stem}.txt").write_text("".join(f"{row}\n" for row in rows if row.split()[:1] == ["0"]))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames: [person]\n")
+    return root / "data.yaml"
+
+
+def test_a_foreign_checkpoint_fine_tunes_as_it_is(coco128, tmp_path, ultralytics_t_checkpoint, caplog):
+    """The real Ultralytics yolov9t (1 class) straight to --weights on 1-class data, without --model: its own
+    architecture (Ultralytics' depthwise class branch), every tensor kept, its license carried; then one short
+    fine-tune on real images, and the run's checkpoints keep that architecture."""
+    from edge_yolov9.train.importers.core import import_checkpoint
+
+    with caplog.at_level(logging.INFO):
+        trainer = Trainer(config(person_dataset(coco128, tmp_path), tmp_path, model=None, epochs=1,
+                                 weights=str(ultralytics_t_checkpoint)))
+    imported = import_checkpoint(ultralytics_t_checkpoint).model
+    assert trainer.model.cfg == imported.cfg.replace(input_size=(128, 128)) and trainer.model.cfg.head.cls_depthwise
+    state = trainer.model.state_dict()
+    for key, value in imported.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+    assert f"Fine-tuning gelan-t from {ultralytics_t_checkpoint}: {len(state)} tensors kept, 0 start fresh" in caplog.text
+    assert "Partial weight load" not in caplog.text and trainer.weights_license["license"] == "AGPL-3.0"
+    model, names, meta = load_checkpoint(trainer.fit())
+    assert names == ["person"] and model.cfg.head == imported.cfg.head and meta["weights_license"]["license"] == "AGPL-3.0"
+
+
+def test_another_architecture_is_an_error_unless_a_partial_load_is_asked_for(coco128, tmp_path):
+    from edge_yolov9.train.checkpoint import save_checkpoint
+
+    data = tiny_dataset(coco128, tmp_path)
+    source = tmp_path / "small.pt"
+    save_checkpoint(source, create_model("gelan-t", num_classes=80), [f"c{i}" for i in range(80)])
+    with pytest.raises(ModelError, match=r"--model gelan-s \(base width 32, depth 3\) is another architecture than "
+                                         r".*small.pt \(gelan-t: base width 16, depth 3\)") as err:
+        Trainer(config(data, tmp_path, model="gelan-s", weights=str(source)))
+    assert "--partial-load" in err.value.fix
+    assert Trainer(config(data, tmp_path, model="gelan-s", weights=str(source), partial_load=True)).model.cfg.base_width == 32
 
 
 def test_unreadable_training_image_is_a_dataset_error(coco128, tmp_path):

@@ -173,6 +173,10 @@ def remove_stale_temp_files(folder: Path, *names: str) -> list[Path]:
     return stale
 
 
+class ForeignCheckpointError(ModelError):
+    """A file that is not an edge-yolov9 checkpoint (another project's, or not a checkpoint at all)."""
+
+
 def _invalid(path: Path, key: str, problem: str) -> ModelError:
     return ModelError(f"{path} is a damaged edge-yolov9 checkpoint: '{key}' {problem}", FIX_RECREATE)
 
@@ -226,10 +230,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch's own text tells how to load the file unsafely: not advice to pass on
-        raise ModelError(f"{path} is not an edge-yolov9 checkpoint: it holds Python objects of another project, "
-                         "or is damaged", fix_foreign) from None
+        raise ForeignCheckpointError(f"{path} is not an edge-yolov9 checkpoint: it holds Python objects of another "
+                                     "project, or is damaged", fix_foreign) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelError(f"{path} is not an edge-yolov9 checkpoint (no 'format: {FORMAT}' marker)", fix_foreign)
+        raise ForeignCheckpointError(f"{path} is not an edge-yolov9 checkpoint (no 'format: {FORMAT}' marker)",
+                                     fix_foreign)
     _upgrade_version_1(payload)
     _check_structure(payload, path)
     return payload

@@ -74,10 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train on a YOLO-format dataset (data.yaml) or the built-in synthetic 'shapes' data. "
                     "yolov9-t/-s train with the PGI auxiliary branch (dropped at export); gelan-t/-s without. "
                     "Writes runs/train/NAME/{last.pt,best.pt,results.csv,loss.png,map.png}.")
-    train.add_argument("--model", default="yolov9-t", choices=MODEL_NAMES, help="model variant (see `edge-yolov9 models`)")
+    train.add_argument("--model", choices=MODEL_NAMES,
+                       help="model variant (see `edge-yolov9 models`); default yolov9-t, or with --weights the "
+                            "checkpoint's own architecture (yolov9-t/-s there adds the PGI auxiliary branch)")
     train.add_argument("--data", default="shapes", help="data.yaml, dataset folder, or 'shapes' (built-in)")
-    train.add_argument("--weights", type=existing_file, help="start from this edge-yolov9 checkpoint (class layers re-initialised "
-                                         "when the class count differs); import foreign ones first")
+    train.add_argument("--weights", type=existing_file,
+                       help="fine-tune this checkpoint: edge-yolov9's, or Ultralytics', the YOLOv9 repository's or MIT "
+                            "YOLO's (imported on the fly); only the class branch starts fresh when the class count "
+                            "differs")
+    train.add_argument("--partial-load", action="store_true",
+                       help="with --weights of another architecture than --model: start from the tensors that fit")
     train.add_argument("--imgsz", type=IMGSZ, default=320,
                        help="training and validation input size: 320, or WIDTHxHEIGHT such as 384x224 for a 16:9 "
                             "camera; stored with the model, for convert and val")
@@ -90,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "--batch for short runs on small data, where every step counts")
     train.add_argument("--workers", type=int_arg(-1, 256), default=-1, help="data-loading processes (-1: cores - 1)")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    train.add_argument("--activation", default="silu", choices=["silu", "relu6"])
+    train.add_argument("--activation", choices=["silu", "relu6"],
+                       help="default silu, or with --weights the checkpoint's")
     train.add_argument("--optimizer", default="auto", choices=["auto", "sgd", "adamw"],
                        help="auto: SGD (the YOLOv9 recipe) for runs of 10k+ optimizer steps, AdamW for shorter ones")
     train.add_argument("--lr0", type=float_arg(0, 1, low_open=True), help="initial learning rate (default 0.01 for SGD, 0.002 for AdamW)")

@@ -24,21 +24,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError, writing
+from edge_yolov9.errors import DatasetError, EdgeYoloError, ImageError, ModelError, writing
 from edge_yolov9.model_file import InputSize, weights_notice
 from edge_yolov9.preprocess import load_image
 
 from .augment import Annotated, AugmentConfig, augment, resize_to_fit
-from .checkpoint import load_checkpoint, read_checkpoint, remove_stale_temp_files, save_checkpoint
+from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .data import DataConfig, Sample, list_split, load_data_config
 from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
 from .loss import DetectionLoss, LossConfig
-from .models import YOLO, create_model, load_weights
+from .importers.core import load_any_checkpoint
+from .models import YOLO, ModelConfig, create_model, load_weights, model_config, weight_report
 from .synthetic import builtin_dataset
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DATA = "shapes"
+DEFAULT_MODEL = "yolov9-t"
 BACKBONE_LAYERS = 9  # layers 0-8: the GELAN backbone
 OPTIMIZERS = ("auto", "sgd", "adamw")
 DEFAULT_LR0 = {"sgd": 0.01, "adamw": 0.002}
@@ -50,16 +52,17 @@ AUTO_SGD_MIN_STEPS = 10_000
 class TrainConfig:
     """Everything a run depends on; stored in its checkpoints so ``--resume`` needs nothing else."""
 
-    model: str = "yolov9-t"
+    model: str | None = None  # None: DEFAULT_MODEL, or with ``weights`` the checkpoint's own architecture
     data: str = BUILTIN_DATA
-    weights: str | None = None
+    weights: str | None = None  # an edge-yolov9 checkpoint, or a foreign one (imported on the fly)
+    partial_load: bool = False  # start from the tensors of ``weights`` that fit another architecture
     imgsz: int | tuple[int, int] = 320  # (height, width) once built; one int is a square
     epochs: int = 30
     batch: int = 16
     nominal_batch: int = 64
     workers: int = -1
     device: str = "auto"
-    activation: str = "silu"
+    activation: str | None = None  # None: the checkpoint's with ``weights``, else silu
     optimizer: str = "auto"
     lr0: float | None = None  # None: DEFAULT_LR0 of the optimizer
     lrf: float = 0.01
@@ -82,6 +85,7 @@ class TrainConfig:
     exist_ok: bool = False  # write into project/name even when it exists (else name2, name3, ...)
     augment: dict[str, float] = field(default_factory=lambda: asdict(AugmentConfig()))
     loss: dict[str, float] = field(default_factory=lambda: asdict(LossConfig()))
+    architecture: dict[str, Any] | None = None  # the model config the run built (what a resume rebuilds)
 
     def run_dir(self) -> Path:
         return Path(self.project) / self.name
@@ -289,6 +293,15 @@ class EpochResult:
     seconds: float
 
 
+def _why_fresh(key: str, source: ModelConfig, target: ModelConfig) -> str | None:
+    """Why tensor ``key`` of ``target`` cannot come from a checkpoint of ``source``: None when it should have."""
+    if source.aux == "none" and target.aux != "none" and key.startswith(("aux_layers.", "aux_head.")):
+        return "in the added auxiliary branch"
+    if source.num_classes != target.num_classes and key.startswith(("head.cls.", "aux_head.cls.")):
+        return f"in the class branch ({source.num_classes} -> {target.num_classes} classes)"
+    return None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume_from: Path | None = None):
         self.cfg = cfg
@@ -325,22 +338,62 @@ class Trainer:
 
     def _build_model(self) -> YOLO:
         cfg = self.cfg
-        model = create_model(cfg.model, num_classes=self.data.num_classes, activation=cfg.activation,
-                             input_size=cfg.imgsz)
-        if cfg.weights:
-            source, _, source_meta = load_checkpoint(cfg.weights, strict=False)
-            self.weights_license = source_meta.get("weights_license")
-            if self.weights_license:
-                logger.warning("Fine-tuning %s: %s", cfg.weights, weights_notice(self.weights_license))
-            # Fine-tuning: everything whose shape fits is kept; class layers of another class count
-            # and branches the source lacks (e.g. PGI aux from a gelan checkpoint) start fresh.
-            report = load_weights(model, source.state_dict(), strict=False)
-            logger.info("Loaded %s: %d tensors kept, %d re-initialised (%s)", cfg.weights,
-                        len(model.state_dict()) - len(report.missing) - len(report.shape_mismatch),
-                        len(report.missing) + len(report.shape_mismatch), report.summary())
+        if cfg.architecture is not None:  # a resumed run: the model it was training (its weights follow)
+            model = create_model(ModelConfig.from_dict(cfg.architecture))
+        elif cfg.weights:
+            model = self._fine_tuning_model()
+        else:
+            model = create_model(cfg.model or DEFAULT_MODEL, num_classes=self.data.num_classes,
+                                 activation=cfg.activation or "silu", input_size=cfg.imgsz)
+        cfg.architecture = model.cfg.to_dict()
         if cfg.freeze_backbone:
             for layer in model.layers[:BACKBONE_LAYERS]:
                 layer.requires_grad_(False)
+        return model
+
+    def _fine_tuning_model(self) -> YOLO:
+        """The model of ``--weights`` with this data's classes, its weights loaded. Without ``--model`` it is the
+        checkpoint's own architecture; ``--model yolov9-t/s`` on a main-branch checkpoint of the same size adds
+        the PGI auxiliary branch. Every tensor that starts fresh has a reason (the class count changed, the
+        auxiliary branch was added); anything else is an error unless ``--partial-load``."""
+        cfg = self.cfg
+        source, _, source_meta = load_any_checkpoint(cfg.weights)
+        self.weights_license = source_meta.get("weights_license")
+        if self.weights_license:
+            logger.warning("Fine-tuning %s: %s", cfg.weights, weights_notice(self.weights_license))
+        own = source.cfg
+        changes = {"num_classes": self.data.num_classes, "input_size": cfg.imgsz,
+                   **({"activation": cfg.activation} if cfg.activation else {})}
+        wanted = model_config(cfg.model) if cfg.model else own
+        if (wanted.base_width, wanted.csp_depth) == (own.base_width, own.csp_depth):
+            target = own.replace(name=wanted.name, aux=wanted.aux, **changes)
+            if target.aux != own.aux:
+                logger.info("--model %s %s %s (%s)", cfg.model, "adds the PGI auxiliary branch (trained from scratch, "
+                            "dropped at export) to" if target.aux != "none" else "leaves out the auxiliary branch of",
+                            cfg.weights, own.name)
+        elif cfg.partial_load:
+            target = wanted.replace(**changes)
+        else:
+            raise ModelError(f"--model {cfg.model} (base width {wanted.base_width}, depth {wanted.csp_depth}) is "
+                             f"another architecture than {cfg.weights} ({own.name}: base width {own.base_width}, "
+                             f"depth {own.csp_depth})",
+                             "leave out --model to fine-tune the checkpoint's own architecture, name the variant it "
+                             "is, or pass --partial-load to keep only the tensors that fit")
+        model = create_model(target)
+        report = weight_report({k: v.shape for k, v in model.state_dict().items()}, source.state_dict())
+        fresh = report.missing + [entry.split(" ", 1)[0] for entry in report.shape_mismatch]
+        why = {key: _why_fresh(key, own, target) for key in fresh}
+        unexplained = [key for key, reason in why.items() if reason is None]
+        if unexplained and not cfg.partial_load:
+            raise ModelError(f"{cfg.weights} does not fit {target.name} as it is: {len(unexplained)} tensors would "
+                             f"start from scratch ({', '.join(unexplained[:4])}, ...)",
+                             "pass --partial-load to start from the tensors that fit")
+        load_weights(model, source.state_dict(), strict=False, log=False)
+        reasons = ", ".join(f"{sum(1 for r in why.values() if r == reason)} {reason}"
+                            for reason in dict.fromkeys(r for r in why.values() if r))
+        logger.info("Fine-tuning %s from %s: %d tensors kept, %d start fresh%s%s", target.name, cfg.weights,
+                    len(model.state_dict()) - len(fresh), len(fresh), f" ({reasons})" if reasons else "",
+                    f"; --partial-load: {report.summary()}" if unexplained else "")
         return model
 
     def _restore(self, path: Path) -> None:
@@ -443,7 +496,7 @@ class Trainer:
         """Train the remaining epochs; returns the best checkpoint's path."""
         self._prepare_run_dir()
         logger.info("Training %s on %s (%d images, %d classes) at %s px on %s, %d epochs, batch %d x %d, %s lr %g",
-                    self.cfg.model, self.data.yaml_path, len(self.dataset), self.data.num_classes,
+                    self.model.cfg.name, self.data.yaml_path, len(self.dataset), self.data.num_classes,
                     InputSize(*self.cfg.imgsz),
                     self.device, self.cfg.epochs, self.cfg.batch, self.accumulate, self.cfg.optimizer, self.cfg.lr0)
         epoch = self.start_epoch

@@ -10,6 +10,7 @@ the pickled modules' classes, when a checkpoint has them. The model is then buil
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,13 +21,15 @@ import torch
 
 from edge_yolov9.errors import ModelError
 
-from ..checkpoint import FORMAT as OWN_FORMAT, file_sha256, save_checkpoint
+from ..checkpoint import FORMAT as OWN_FORMAT, ForeignCheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from ..models import HeadConfig, LoadReport, ModelConfig, YOLO, create_model, load_weights
 from ..models.config import DEFAULT_INPUT_SIZE
 from .mit import MIT
 from .published import ULTRALYTICS, YOLOV9
 from .translation import CheckpointFormat, Translation
 from .unpickler import class_name, read_foreign_checkpoint
+
+logger = logging.getLogger(__name__)
 
 FORMATS: dict[str, CheckpointFormat] = {fmt.name: fmt for fmt in (ULTRALYTICS, YOLOV9, MIT)}
 SIZE_LETTERS = {16: "t", 32: "s"}
@@ -222,9 +225,25 @@ def _account(load: LoadReport, translation: Translation) -> tuple[LoadReport, li
     return report, used
 
 
-def save_imported(result: ImportResult, output: str | os.PathLike) -> Path:
-    """Write the imported model as an edge-yolov9 checkpoint, with where it came from in its meta."""
-    meta = {"imported_from": str(result.source), "source_format": result.format,
+def imported_meta(result: ImportResult) -> dict[str, Any]:
+    """What an imported checkpoint's meta records of where it came from."""
+    return {"imported_from": str(result.source), "source_format": result.format,
             "source_sha256": result.source_sha256, "import_report": result.report(),
             "weights_license": result.weights_license()}
-    return save_checkpoint(output, result.model, result.names, meta=meta)
+
+
+def save_imported(result: ImportResult, output: str | os.PathLike) -> Path:
+    """Write the imported model as an edge-yolov9 checkpoint, with where it came from in its meta."""
+    return save_checkpoint(output, result.model, result.names, meta=imported_meta(result))
+
+
+def load_any_checkpoint(path: str | os.PathLike) -> tuple[YOLO, list[str], dict[str, Any]]:
+    """Model, class names and meta of an edge-yolov9 checkpoint, or of a foreign one imported on the fly (the
+    same restricted reading as ``edge-yolov9 import``; a checkpoint that does not fill the model is refused)."""
+    try:
+        return load_checkpoint(path)
+    except ForeignCheckpointError:
+        result = import_checkpoint(path)
+    logger.info("Imported %s (%s checkpoint, %s, %d classes)", path, result.format, result.model.cfg.name,
+                len(result.names))
+    return result.model, list(result.names), imported_meta(result)

@@ -2,10 +2,11 @@
 
 from .config import HeadConfig, ModelConfig
 from .head import DetectHead, LevelOutput
-from .registry import LoadReport, create_model, list_models, load_weights, model_config, register_model
+from .registry import (LoadReport, create_model, list_models, load_weights, model_config, register_model,
+                       weight_report)
 from .yolo import STRIDES, YOLO, ModelOutput
 
 __all__ = [
     "DetectHead", "HeadConfig", "LevelOutput", "LoadReport", "ModelConfig", "ModelOutput", "STRIDES", "YOLO",
-    "create_model", "list_models", "load_weights", "model_config", "register_model",
+    "create_model", "list_models", "load_weights", "model_config", "register_model", "weight_report",
 ]

@@ -103,15 +103,17 @@ def weight_report(shapes: dict[str, torch.Size], state_dict: dict[str, torch.Ten
     return report
 
 
-def load_weights(model: YOLO, state_dict: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
-    """Copy matching tensors into ``model``; with ``strict`` any mismatch raises after the full report."""
+def load_weights(model: YOLO, state_dict: dict[str, torch.Tensor], *, strict: bool = True,
+                 log: bool = True) -> LoadReport:
+    """Copy matching tensors into ``model``; with ``strict`` any mismatch raises after the full report, without
+    it a partial load is logged (``log``: the caller says what was left out and why)."""
     report = weight_report({key: value.shape for key, value in model.state_dict().items()}, state_dict)
     if strict and not report.complete:
         raise ValueError(f"Weights do not fit {model.cfg.name}: {report.summary()}.")
     # LoadReport writes a shape mismatch as "key (checkpoint shape) -> (model shape)".
     rejected = set(report.unexpected) | {entry.split(" ", 1)[0] for entry in report.shape_mismatch}
     model.load_state_dict({k: v for k, v in state_dict.items() if k not in rejected}, strict=False)
-    if not report.complete:
+    if log and not report.complete:
         logger.warning("Partial weight load into %s: %s", model.cfg.name, report.summary())
     return report
 
