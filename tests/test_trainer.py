@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edge_yolov9.errors import DatasetError, EdgeYoloError, ModelError
+from edge_yolov9.preprocess import letterbox, load_image
 from edge_yolov9.train.checkpoint import load_checkpoint, read_checkpoint
 from edge_yolov9.train.loss import DetectionLoss
 from edge_yolov9.train.models import STRIDES, create_model
@@ -158,6 +159,43 @@ def test_a_foreign_checkpoint_fine_tunes_as_it_is(coco128, tmp_path, ultralytics
     assert "Partial weight load" not in caplog.text and trainer.weights_license["license"] == "AGPL-3.0"
     model, names, meta = load_checkpoint(trainer.fit())
     assert names == ["person"] and model.cfg.head == imported.cfg.head and meta["weights_license"]["license"] == "AGPL-3.0"
+
+
+def test_a_class_subset_keeps_its_pretrained_scores(coco128, tmp_path, caplog):
+    """An 80-class model cut down to [car, person, forklift]: before any training, the new model's car and person
+    scores are exactly the source's (its class branch keeps its width and their rows), its boxes too; forklift,
+    a new name, starts fresh. --classes gives the same rows by id."""
+    from edge_yolov9.train.checkpoint import save_checkpoint
+    from support.conversions import trained_like
+
+    coco_names = (coco128 / "data.yaml").read_text().split("names:", 1)[1]
+    names80 = [line.split(":", 1)[1].strip() for line in coco_names.strip().splitlines()]
+    source_model = trained_like(sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:4]).eval()
+    source = tmp_path / "coco.pt"
+    save_checkpoint(source, source_model, names80)
+    data = person_dataset(coco128, tmp_path)
+    data.write_text(data.read_text().replace("names: [person]", "names: [car, person, forklift]"))
+    canvas, _ = letterbox(load_image(sorted((coco128 / "images" / "train2017").glob("*.jpg"))[5]), (256, 320))
+    image = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = source_model(image).main
+    for classes in (None, ["2", "0", "forklift"]):
+        with caplog.at_level(logging.INFO):
+            trainer = Trainer(config(data, tmp_path, model=None, weights=str(source), classes=classes))
+        model = trainer.model.eval()
+        assert model.cfg.num_classes == 3 and model.head.cls[0][-1].in_channels == source_model.head.cls[0][-1].in_channels
+        with torch.no_grad():
+            found = model(image).main
+        for ours, theirs in zip(found, expected):
+            torch.testing.assert_close(ours.cls[:, :2], theirs.cls[:, [2, 0]], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours.box, theirs.box, rtol=0, atol=0)
+            assert not torch.allclose(ours.cls[:, 2], theirs.cls[:, 0], atol=1e-3)  # forklift is no copy
+        assert "Class branch: car from car (2), person from person (0), forklift new" in caplog.text
+        caplog.clear()
+    with pytest.raises(ModelError, match="--classes lists 2 classes but the data has 3"):
+        Trainer(config(data, tmp_path, model=None, weights=str(source), classes=["car", "person"]))
+    with pytest.raises(ModelError, match="--classes 80: .*coco.pt has 80 classes"):
+        Trainer(config(data, tmp_path, model=None, weights=str(source), classes=["80", "0", "1"]))
 
 
 def test_another_architecture_is_an_error_unless_a_partial_load_is_asked_for(coco128, tmp_path):

@@ -82,6 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="fine-tune this checkpoint: edge-yolov9's, or Ultralytics', the YOLOv9 repository's or MIT "
                             "YOLO's (imported on the fly); only the class branch starts fresh when the class count "
                             "differs")
+    train.add_argument("--classes", type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+                       metavar="A,B,...",
+                       help="with --weights: per data class, in order, the checkpoint class (name or id) whose "
+                            "pretrained row it keeps (default: the class of the same name; a new name starts fresh)")
     train.add_argument("--partial-load", action="store_true",
                        help="with --weights of another architecture than --model: start from the tensors that fit")
     train.add_argument("--imgsz", type=IMGSZ, default=320,

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class TrainConfig:
     data: str = BUILTIN_DATA
     weights: str | None = None  # an edge-yolov9 checkpoint, or a foreign one (imported on the fly)
     partial_load: bool = False  # start from the tensors of ``weights`` that fit another architecture
+    classes: list[str] | None = None  # per data class, the class of ``weights`` (name or id) it starts from
     imgsz: int | tuple[int, int] = 320  # (height, width) once built; one int is a square
     epochs: int = 30
     batch: int = 16
@@ -293,6 +294,42 @@ class EpochResult:
     seconds: float
 
 
+def class_rows(requested: list[str] | None, names: list[str], source_names: list[str],
+               weights: str) -> list[int | None]:
+    """For each data class, the class of the ``weights`` checkpoint whose class-branch row it starts from (None:
+    a fresh row): ``requested`` (``--classes``: a checkpoint class name or id per data class, in order), else the
+    checkpoint class of the same name."""
+    if requested is None:
+        return [source_names.index(name) if name in source_names else None for name in names]
+    if len(requested) != len(names):
+        raise ModelError(f"--classes lists {len(requested)} classes but the data has {len(names)} "
+                         f"({', '.join(names[:8])})", "give one class of the checkpoint (name or id) per data class, "
+                                                      "in the data's order; a new name starts a fresh class")
+    rows: list[int | None] = []
+    for entry in requested:
+        if entry.isdigit():
+            if int(entry) >= len(source_names):
+                raise ModelError(f"--classes {entry}: {weights} has {len(source_names)} classes (ids 0 to "
+                                 f"{len(source_names) - 1})", "give a class id or name of the checkpoint")
+            rows.append(int(entry))
+        else:
+            rows.append(source_names.index(entry) if entry in source_names else None)
+    return rows
+
+
+def _copy_class_rows(model: YOLO, source: YOLO, rows: list[int | None]) -> None:
+    """Each class's output row (weights and bias of the last class conv, every level) from the source's ``row``."""
+    pairs = [(model.head, source.head)] + ([(model.aux_head, source.aux_head)]
+                                           if model.aux_head is not None and source.aux_head is not None else [])
+    with torch.no_grad():
+        for ours, theirs in pairs:
+            for mine, original in zip(ours.cls, theirs.cls):
+                for k, row in enumerate(rows):
+                    if row is not None:
+                        mine[-1].weight[k] = original[-1].weight[row]
+                        mine[-1].bias[k] = original[-1].bias[row]
+
+
 def _why_fresh(key: str, source: ModelConfig, target: ModelConfig) -> str | None:
     """Why tensor ``key`` of ``target`` cannot come from a checkpoint of ``source``: None when it should have."""
     if source.aux == "none" and target.aux != "none" and key.startswith(("aux_layers.", "aux_head.")):
@@ -357,7 +394,7 @@ class Trainer:
         the PGI auxiliary branch. Every tensor that starts fresh has a reason (the class count changed, the
         auxiliary branch was added); anything else is an error unless ``--partial-load``."""
         cfg = self.cfg
-        source, _, source_meta = load_any_checkpoint(cfg.weights)
+        source, source_names, source_meta = load_any_checkpoint(cfg.weights)
         self.weights_license = source_meta.get("weights_license")
         if self.weights_license:
             logger.warning("Fine-tuning %s: %s", cfg.weights, weights_notice(self.weights_license))
@@ -365,6 +402,10 @@ class Trainer:
         changes = {"num_classes": self.data.num_classes, "input_size": cfg.imgsz,
                    **({"activation": cfg.activation} if cfg.activation else {})}
         wanted = model_config(cfg.model) if cfg.model else own
+        rows = class_rows(cfg.classes, list(self.data.names), source_names, cfg.weights)
+        kept_rows = rows != list(range(len(source_names))) and any(row is not None for row in rows)
+        if kept_rows:  # the class branch keeps the width its rows were trained with
+            changes["head"] = replace(own.head, cls_width=source.head.cls[0][-1].in_channels)
         if (wanted.base_width, wanted.csp_depth) == (own.base_width, own.csp_depth):
             target = own.replace(name=wanted.name, aux=wanted.aux, **changes)
             if target.aux != own.aux:
@@ -372,7 +413,7 @@ class Trainer:
                             "dropped at export) to" if target.aux != "none" else "leaves out the auxiliary branch of",
                             cfg.weights, own.name)
         elif cfg.partial_load:
-            target = wanted.replace(**changes)
+            target, kept_rows = wanted.replace(**{k: v for k, v in changes.items() if k != "head"}), False
         else:
             raise ModelError(f"--model {cfg.model} (base width {wanted.base_width}, depth {wanted.csp_depth}) is "
                              f"another architecture than {cfg.weights} ({own.name}: base width {own.base_width}, "
@@ -389,6 +430,11 @@ class Trainer:
                              f"start from scratch ({', '.join(unexplained[:4])}, ...)",
                              "pass --partial-load to start from the tensors that fit")
         load_weights(model, source.state_dict(), strict=False, log=False)
+        if kept_rows:
+            _copy_class_rows(model, source, rows)
+            logger.info("Class branch: %s", ", ".join(
+                f"{name} from {source_names[row]} ({row})" if row is not None else f"{name} new"
+                for name, row in zip(self.data.names, rows)))
         reasons = ", ".join(f"{sum(1 for r in why.values() if r == reason)} {reason}"
                             for reason in dict.fromkeys(r for r in why.values() if r))
         logger.info("Fine-tuning %s from %s: %d tensors kept, %d start fresh%s%s", target.name, cfg.weights,

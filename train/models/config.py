@@ -59,9 +59,14 @@ class HeadConfig:
     cls_width_factor: int = 1
     cls_width_cap: int = 100
     cls_depthwise: bool = False
+    # A fixed class-branch width instead of the rule: a model cut down to some of a pretrained model's classes
+    # keeps the width its class branch was trained with (``train --weights``).
+    cls_width: int | None = None
 
     def __post_init__(self) -> None:
         _require_ints(self, ("reg_max", "box_groups", "cls_width_factor", "cls_width_cap"), low=1)
+        if self.cls_width is not None:
+            _require_ints(self, ("cls_width",), low=1)
         if not isinstance(self.cls_depthwise, bool):
             raise ValueError(f"cls_depthwise must be true or false, got {self.cls_depthwise!r}.")
 

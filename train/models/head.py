@@ -36,7 +36,7 @@ class DetectHead(nn.Module):
         self.strides = tuple(strides)
         first = in_channels[0]
         box_width = _round_up(max(first // 4, 4 * cfg.reg_max, 16), cfg.box_groups)
-        cls_width = max(first, min(cfg.cls_width_factor * num_classes, cfg.cls_width_cap))
+        cls_width = cfg.cls_width or max(first, min(cfg.cls_width_factor * num_classes, cfg.cls_width_cap))
         self.box = nn.ModuleList(
             nn.Sequential(
                 Conv(c, box_width, 3, act=act),
