@@ -64,3 +64,24 @@ def test_unknown_model_is_refused_at_parse_time_with_the_choices(capsys):
 
 def test_the_cli_names_every_registered_model():
     assert MODEL_NAMES == tuple(list_models())
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("scale", "give NAME=VALUE with NAME one of hsv_h"), ("zoom=0.5", "give NAME=VALUE"),
+    ("scale=x", "'x' is not a number"), ("mixup=-0.1", "finite numbers from 0"), ("scale=inf", "finite numbers")])
+def test_augment_settings_are_checked_at_parse_time(setting, problem, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*TRAIN, "--augment", setting])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --augment: " in err and problem in err, err
+
+
+def test_augment_settings_reach_the_run_config(monkeypatch):
+    import edge_yolov9.train.trainer as trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: seen.append(cfg) or "best.pt")
+    assert main([*TRAIN, "--augment", "scale=0.5", "mixup=0", "--augment", "fliplr=0"]) == 0
+    [cfg] = seen
+    assert (cfg.augment["scale"], cfg.augment["mixup"], cfg.augment["fliplr"]) == (0.5, 0.0, 0.0)
+    assert cfg.augment["hsv_s"] == trainer.AugmentConfig().hsv_s  # the others keep their defaults

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import asdict
 from pathlib import Path
 
 from edge_yolov9.cli import MODEL_INPUT_SIZES, add_command, existing_file, float_arg, int_arg, print_result
 from edge_yolov9.errors import require
+
+from .augment import AugmentConfig
 
 MODEL_NAMES = ("gelan-s", "gelan-t", "yolov9-s", "yolov9-t")  # train.models.list_models(), without importing torch
 IMGSZ = MODEL_INPUT_SIZES.arg()  # of train, val and models
@@ -43,6 +47,31 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+AUGMENT_DEFAULTS = asdict(AugmentConfig())  # the strengths --augment may set (train.augment needs no torch)
+
+
+def augment_setting(text: str) -> dict[str, float]:
+    """``scale=0.5`` as {"scale": 0.5}; an unknown name or a value that is not a number is a usage error."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in AUGMENT_DEFAULTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE with NAME one of {', '.join(AUGMENT_DEFAULTS)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: strengths are finite numbers from 0")
+    return {name: number}
+
+
+class MergeSettings(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest) or {})
+        for setting in values:
+            merged.update(setting)
+        setattr(namespace, self.dest, merged)
+
+
 def _train(args: argparse.Namespace) -> int:
     require_torch("Training")
     from .trainer import TrainConfig, resume, train
@@ -53,6 +82,8 @@ def _train(args: argparse.Namespace) -> int:
         # Paths as text: the config is stored in checkpoints, which hold plain data only.
         overrides = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                      if k in TrainConfig.__dataclass_fields__ and v is not None}
+        if args.augment_changes:
+            overrides["augment"] = {**TrainConfig().augment, **args.augment_changes}
         best = train(TrainConfig(**overrides))
     print(f"best checkpoint: {best}")
     return 0
@@ -82,6 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="fine-tune this checkpoint: edge-yolov9's, or Ultralytics', the YOLOv9 repository's or MIT "
                             "YOLO's (imported on the fly); only the class branch starts fresh when the class count "
                             "differs")
+    train.add_argument("--augment", dest="augment_changes", nargs="+", type=augment_setting, metavar="NAME=VALUE",
+                       action=MergeSettings, help="augmentation strengths, e.g. scale=0.5 mixup=0 (names: "
+                       f"{', '.join(AUGMENT_DEFAULTS)}; defaults {', '.join(f'{k}={v:g}' for k, v in AUGMENT_DEFAULTS.items())})")
     train.add_argument("--classes", type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
                        metavar="A,B,...",
                        help="with --weights: per data class, in order, the checkpoint class (name or id) whose "
