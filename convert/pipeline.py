@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from edge_yolov9.cli import CONVERT_INPUT_SIZES
+from edge_yolov9.cli import CONVERT_INPUT_SIZES, plural
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
 from edge_yolov9.model_file import InputSize, edgetpu_path, sidecar_path, weights_notice, write_sidecar
 from edge_yolov9.train.checkpoint import choose_input_size, file_sha256, load_checkpoint
@@ -168,8 +168,8 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
         deployed = prepare_for_export(model)
     with clock.stage("outlier pass"):
         calibration = calibration.without_outliers(deployed)
-    logger.info("Converting %s (%d classes) at %s, calibrating on %d images from %s", model.cfg.name,
-                len(labels), imgsz, len(calibration.images), calibration.source)
+    logger.info("Converting %s (%s) at %s, calibrating on %d images from %s", model.cfg.name,
+                plural(len(labels), "class"), imgsz, len(calibration.images), calibration.source)
 
     staging = _Staging.open(options.out_dir)
     try:

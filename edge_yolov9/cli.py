@@ -31,7 +31,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and descriptions kept as written."""
+    """Defaults in the help, and descriptions kept as written. An option without a default (None) says in its
+    own help what happens without it, so '(default: None)' is not added."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 class``, ``3 classes``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Handler, *, help: str,

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from edge_yolov9.cli import plural
 from edge_yolov9.errors import ModelError
 
 from ..checkpoint import FORMAT as OWN_FORMAT, ForeignCheckpointError, file_sha256, load_checkpoint, save_checkpoint
@@ -244,6 +245,6 @@ def load_any_checkpoint(path: str | os.PathLike) -> tuple[YOLO, list[str], dict[
         return load_checkpoint(path)
     except ForeignCheckpointError:
         result = import_checkpoint(path)
-    logger.info("Imported %s (%s checkpoint, %s, %d classes)", path, result.format, result.model.cfg.name,
-                len(result.names))
+    logger.info("Imported %s (%s checkpoint, %s, %s)", path, result.format, result.model.cfg.name,
+                plural(len(result.names), "class"))
     return result.model, list(result.names), imported_meta(result)
