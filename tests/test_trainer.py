@@ -192,6 +192,8 @@ def test_a_class_subset_keeps_its_pretrained_scores(coco128, tmp_path, caplog):
             assert not torch.allclose(ours.cls[:, 2], theirs.cls[:, 0], atol=1e-3)  # forklift is no copy
         assert "Class branch: car from car (2), person from person (0), forklift new" in caplog.text
         caplog.clear()
+    with pytest.raises(ModelError, match="--classes is about the checkpoint to fine-tune, and no --weights"):
+        Trainer(config(data, tmp_path, model=None, classes=["car", "person", "x"]))
     with pytest.raises(ModelError, match="--classes lists 2 classes but the data has 3"):
         Trainer(config(data, tmp_path, model=None, weights=str(source), classes=["car", "person"]))
     with pytest.raises(ModelError, match="--classes 80: .*coco.pt has 80 classes"):

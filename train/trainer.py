@@ -379,6 +379,9 @@ class Trainer:
             model = create_model(ModelConfig.from_dict(cfg.architecture))
         elif cfg.weights:
             model = self._fine_tuning_model()
+        elif cfg.classes or cfg.partial_load:
+            raise ModelError(f"--{'classes' if cfg.classes else 'partial-load'} is about the checkpoint to fine-tune, "
+                             "and no --weights was given", "add --weights CHECKPOINT, or leave the option out")
         else:
             model = create_model(cfg.model or DEFAULT_MODEL, num_classes=self.data.num_classes,
                                  activation=cfg.activation or "silu", input_size=cfg.imgsz)
