@@ -65,3 +65,25 @@ def person_val158() -> Path:
     """data.yaml of the 158 coco-val158 images, scored against their COCO json restricted to person."""
     return _person_dataset(COCO_VAL158, "person-val158", "val2017",
                            COCO_VAL158 / "annotations" / "instances_val2017_subset.json")
+
+
+def person_train_val() -> Path:
+    """data.yaml with coco128 (person labels) as train and coco-val158 (its COCO json, person) as val: the
+    fine-tuning benchmark's data. Built from the two datasets above."""
+    root = CACHE / "person-coco128-val158"
+    data_yaml = root / "data.yaml"
+    if not data_yaml.is_file():
+        train, val = person_coco128().parent, person_val158().parent
+        root.mkdir(parents=True, exist_ok=True)
+        for kind in ("images", "labels"):
+            (root / kind).mkdir(exist_ok=True)
+            for link, target in ((root / kind / "train", train / kind / "train2017"),
+                                 (root / kind / "val", val / kind / "val2017")):
+                if not link.exists():
+                    link.symlink_to(target, target_is_directory=True)
+        staging = data_yaml.with_suffix(".tmp")
+        staging.write_text(f"path: {root}\ntrain: images/train\nval: images/val\n"
+                           f"val_json: {val / 'annotations' / 'person.json'}\nnames: [person]\n")
+        staging.rename(data_yaml)
+    return data_yaml
+
