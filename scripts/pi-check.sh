@@ -69,15 +69,13 @@ echo "QEMU $(qemu-aarch64-static --version | head -1 | awk '{print $3}')"
 register_binfmt() {  # $1: qemu's name of the architecture (aarch64, arm)
     [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
     [ -e "/proc/sys/fs/binfmt_misc/qemu-$1" ] && return
-    local conf
-    for conf in "/usr/lib/binfmt.d/qemu-$1.conf" "/usr/share/binfmts/qemu-$1"; do
-        if [ -f "$conf" ] && [ "${conf##*.}" = conf ]; then
-            # The F flag opens the interpreter now, so it also runs inside the chroot.
-            cat "$conf" > /proc/sys/fs/binfmt_misc/register
-            return
-        fi
-    done
-    update-binfmts --enable "qemu-$1" 2>/dev/null || die "cannot register qemu-$1 with binfmt_misc"
+    local conf=/usr/lib/binfmt.d/qemu-$1.conf
+    if [ -f "$conf" ]; then
+        # The F flag opens the interpreter now, so it also runs inside the chroot.
+        cat "$conf" > /proc/sys/fs/binfmt_misc/register
+    else
+        update-binfmts --enable "qemu-$1" 2>/dev/null || die "cannot register qemu-$1 with binfmt_misc"
+    fi
 }
 
 step "host venv and the wheel, built from a copy of this tree"

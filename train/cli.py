@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                      if k in TrainConfig.__dataclass_fields__ and v is not None}
         if args.augment_changes:
-            overrides["augment"] = {**TrainConfig().augment, **args.augment_changes}
+            overrides["augment"] = {**AUGMENT_DEFAULTS, **args.augment_changes}
         best = train(TrainConfig(**overrides))
     print(f"best checkpoint: {best}")
     return 0

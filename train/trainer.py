@@ -34,7 +34,7 @@ from .data import DataConfig, Sample, list_split, load_data_config
 from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
 from .loss import DetectionLoss, LossConfig
 from .importers.core import load_any_checkpoint
-from .models import YOLO, ModelConfig, create_model, load_weights, model_config, weight_report
+from .models import YOLO, ModelConfig, create_model, load_weights, model_config
 from .synthetic import builtin_dataset
 
 logger = logging.getLogger(__name__)
@@ -415,8 +415,9 @@ class Trainer:
                 logger.info("--model %s %s %s (%s)", cfg.model, "adds the PGI auxiliary branch (trained from scratch, "
                             "dropped at export) to" if target.aux != "none" else "leaves out the auxiliary branch of",
                             cfg.weights, own.name)
-        elif cfg.partial_load:
-            target, kept_rows = wanted.replace(**{k: v for k, v in changes.items() if k != "head"}), False
+        elif cfg.partial_load:  # another architecture: its class rows do not fit either
+            kept_rows = False
+            target = wanted.replace(**{k: v for k, v in changes.items() if k != "head"})
         else:
             raise ModelError(f"--model {cfg.model} (base width {wanted.base_width}, depth {wanted.csp_depth}) is "
                              f"another architecture than {cfg.weights} ({own.name}: base width {own.base_width}, "
@@ -424,7 +425,7 @@ class Trainer:
                              "leave out --model to fine-tune the checkpoint's own architecture, name the variant it "
                              "is, or pass --partial-load to keep only the tensors that fit")
         model = create_model(target)
-        report = weight_report({k: v.shape for k, v in model.state_dict().items()}, source.state_dict())
+        report = load_weights(model, source.state_dict(), strict=False, log=False)
         fresh = report.missing + [entry.split(" ", 1)[0] for entry in report.shape_mismatch]
         why = {key: _why_fresh(key, own, target) for key in fresh}
         unexplained = [key for key, reason in why.items() if reason is None]
@@ -432,7 +433,6 @@ class Trainer:
             raise ModelError(f"{cfg.weights} does not fit {target.name} as it is: {len(unexplained)} tensors would "
                              f"start from scratch ({', '.join(unexplained[:4])}, ...)",
                              "pass --partial-load to start from the tensors that fit")
-        load_weights(model, source.state_dict(), strict=False, log=False)
         if kept_rows:
             _copy_class_rows(model, source, rows)
             logger.info("Class branch: %s", ", ".join(

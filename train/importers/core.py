@@ -204,8 +204,8 @@ def import_checkpoint(path: str | os.PathLike, *, checkpoint_format: str = "auto
     load_report, used = _account(load_weights(model, translation.tensors, strict=False), translation)
     class_names, names_source = resolve_names(translation.names, names, cfg.num_classes, source)
     result = ImportResult(model=model.eval(), names=class_names, names_source=names_source, source=path,
-                          source_sha256=file_sha256(path), format=fmt.name, license=fmt.license, used=used, load_report=load_report,
-                          notes=translation.notes)
+                          source_sha256=file_sha256(path), format=fmt.name, license=fmt.license, used=used,
+                          load_report=load_report, notes=translation.notes)
     if not (result.complete or partial):
         raise ModelError(f"{source} does not fit {cfg.name} exactly: {load_report.summary()}",
                          "pass --partial to import anyway (missing tensors keep their random initialisation); "

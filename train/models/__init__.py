@@ -2,11 +2,10 @@
 
 from .config import HeadConfig, ModelConfig
 from .head import DetectHead, LevelOutput
-from .registry import (LoadReport, create_model, list_models, load_weights, model_config, register_model,
-                       weight_report)
+from .registry import LoadReport, create_model, list_models, load_weights, model_config, register_model
 from .yolo import STRIDES, YOLO, ModelOutput
 
 __all__ = [
     "DetectHead", "HeadConfig", "LevelOutput", "LoadReport", "ModelConfig", "ModelOutput", "STRIDES", "YOLO",
-    "create_model", "list_models", "load_weights", "model_config", "register_model", "weight_report",
+    "create_model", "list_models", "load_weights", "model_config", "register_model",
 ]
