@@ -19,8 +19,8 @@ from edge_yolov9.errors import ModelError
 from edge_yolov9.model_file import InputSize
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.train.data import load_data_config
-from edge_yolov9.train.evaluate import (CocoEvalSet, EvalSet, Metrics, TFLitePredictor, TorchPredictor, evaluate,
-                                        load_eval_set)
+from edge_yolov9.train.evaluate import (BatchPredictor, CocoEvalSet, EvalSet, Metrics, TFLitePredictor, TorchPredictor,
+                                        evaluate, load_eval_set)
 from edge_yolov9.train.models import YOLO
 
 from .stages import StageClock
@@ -102,6 +102,12 @@ class AccuracyReport:
     max_drop: float
     postprocess: PostprocessConfig = EVALUATION
 
+    @classmethod
+    def of(cls, val_set: ValSet, imgsz: tuple[int, int], pytorch: ModelAccuracy, float_tflite: ModelAccuracy,
+           int8_tflite: ModelAccuracy, *, max_drop: float) -> "AccuracyReport":
+        """The report of scores taken at ``imgsz`` (height, width) on ``val_set``."""
+        return cls(val_set.describe(), InputSize(*imgsz), pytorch, float_tflite, int8_tflite, max_drop=max_drop)
+
     @property
     def rows(self) -> tuple[ModelAccuracy, ModelAccuracy, ModelAccuracy]:
         return self.pytorch, self.float_tflite, self.int8_tflite
@@ -164,20 +170,31 @@ class AccuracyReport:
         stem.with_suffix(".md").write_text(self.render())
 
 
+def score(val_set: ValSet, name: str, file: str, predictor: BatchPredictor, *, batch_size: int = 8,
+          clock: StageClock | None = None) -> ModelAccuracy:
+    """COCO scores of one model (``predictor``) on ``val_set``, timed as stage ``accuracy: <name>``."""
+    with (clock or StageClock()).stage(f"accuracy: {name}"):
+        evaluation = evaluate(val_set.eval_set, predictor, batch_size=batch_size, progress=name)
+    return ModelAccuracy.from_metrics(name, file, evaluation.metrics)
+
+
+def score_references(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, *,
+                     threads: int | None = None, clock: StageClock | None = None) -> tuple[ModelAccuracy, ModelAccuracy]:
+    """What the int8 model is compared with: the deploy-form PyTorch model (from ``checkpoint``) and the float
+    TFLite, at the float model's input size; ``threads`` for the interpreter (None: all cores)."""
+    float_predictor = TFLitePredictor(float_model, threads=threads)
+    imgsz = InputSize(*float_predictor.detector.info.size)
+    return (score(val_set, "PyTorch fp32", checkpoint.name, TorchPredictor(deployed, imgsz), clock=clock),
+            score(val_set, "float TFLite", float_model.name, float_predictor, clock=clock))
+
+
 def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, int8_model: Path, *,
-                     max_drop: float, batch_size: int = 8, clock: StageClock | None = None) -> AccuracyReport:
+                     max_drop: float, clock: StageClock | None = None) -> AccuracyReport:
     """Score the deploy-form PyTorch model (from ``checkpoint``) and the two TFLite models on ``val_set``,
-    at the TFLite models' input size; ``clock`` times each of the three."""
-    clock = clock or StageClock()
-    float_predictor, int8_predictor = TFLitePredictor(float_model), TFLitePredictor(int8_model)
-    imgsz = InputSize(*int8_predictor.detector.info.size)
+    at the TFLite models' input size, one after the other; ``clock`` times each of the three."""
     logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
                 len(val_set.eval_set.image_paths))
-    scores = []
-    for name, file, predictor in (("PyTorch fp32", checkpoint.name, TorchPredictor(deployed, imgsz)),
-                                  ("float TFLite", float_model.name, float_predictor),
-                                  ("int8 TFLite", int8_model.name, int8_predictor)):
-        with clock.stage(f"accuracy: {name}"):
-            evaluation = evaluate(val_set.eval_set, predictor, batch_size=batch_size, progress=name)
-        scores.append(ModelAccuracy.from_metrics(name, file, evaluation.metrics))
-    return AccuracyReport(val_set.describe(), imgsz, *scores, max_drop=max_drop)
+    references = score_references(val_set, deployed, checkpoint, float_model, clock=clock)
+    int8_predictor = TFLitePredictor(int8_model)
+    int8 = score(val_set, "int8 TFLite", int8_model.name, int8_predictor, clock=clock)
+    return AccuracyReport.of(val_set, int8_predictor.detector.info.size, *references, int8, max_drop=max_drop)

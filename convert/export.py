@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,10 @@ from edge_yolov9.train.models import YOLO
 from edge_yolov9.train.models.deploy import deploy_model
 
 from . import frigate
-from .stages import StageClock
 from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel
+
+if TYPE_CHECKING:
+    from .quantizer import EdgeQuantizer
 
 logger = logging.getLogger(__name__)
 
@@ -245,44 +247,66 @@ def convert_float(model: YOLO, imgsz: int | tuple[int, int], layout: str = "raw"
     return _finish(content, model, layout)
 
 
-def convert_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterable[np.ndarray],
-                 layout: str = "raw", clock: StageClock | None = None) -> TFLiteModel:
-    """Fully int8 TFLite: int8 weights (per channel) and activations, int8 input fixed at scale 1/255,
-    zero point -128 (``pixel - 128``), int8 outputs in ``layout`` (raw: six, each with its own scale;
-    class logits always on CLS_LOGIT_QPARAMS).
+@dataclass
+class Calibrated:
+    """The export graph with its observers fed (``calibrate_int8``), ready for ``lower_int8``."""
 
-    ``calibration`` yields (1, H, W, 3) float inputs in [0, 1], letterboxed as at run time; ``clock`` times
-    the two stages (int8 calibration, int8 lowering).
-    """
-    import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    prepared: nn.Module
+    quantizer: "EdgeQuantizer"
+    sample: tuple[torch.Tensor]
+    model: YOLO
+    layout: str
+
+
+def calibrate_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterable[np.ndarray],
+                   layout: str = "raw") -> Calibrated:
+    """The export graph of ``model`` with PT2E observers, run on ``calibration``: (1, H, W, 3) float inputs in
+    [0, 1], letterboxed as at run time."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     from .quantizer import EdgeQuantizer
 
-    clock = clock or StageClock()
     sample = (_sample_input(imgsz),)
     fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model, layout)) if spec.kind == "cls"}
     quantizer = EdgeQuantizer(fixed_outputs=fixed)
     with torch.no_grad():
-        with clock.stage("int8 calibration"):
-            with _quiet_converter():
-                prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(),
-                                        quantizer)
-            start, seen = time.monotonic(), 0
-            for image in calibration:
-                prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
-                seen += 1
-            if seen == 0:
-                raise ConversionError("No calibration input was given", "pass --calib with representative images")
-            logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)
-        with clock.stage("int8 lowering"), _quiet_converter(), _skip_needless_decompositions():
-            quantized = convert_pt2e(prepared, fold_quantize=False)
-            # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
-            edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
-            tflite = _finish(edge.model_content(), model, layout)
+        with _quiet_converter():
+            prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(), quantizer)
+        start, seen = time.monotonic(), 0
+        for image in calibration:
+            prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+            seen += 1
+    if seen == 0:
+        raise ConversionError("No calibration input was given", "pass --calib with representative images")
+    logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)
+    return Calibrated(prepared, quantizer, sample, model, layout)
+
+
+def lower_int8(calibrated: Calibrated) -> TFLiteModel:
+    """The fully int8 TFLite of a calibrated graph (see convert_int8), checked to be fully integer."""
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    with torch.no_grad(), _quiet_converter(), _skip_needless_decompositions():
+        quantized = convert_pt2e(calibrated.prepared, fold_quantize=False)
+        # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
+        edge = litert_torch.convert(quantized, calibrated.sample,
+                                    quant_config=QuantConfig(pt2e_quantizer=calibrated.quantizer))
+        tflite = _finish(edge.model_content(), calibrated.model, calibrated.layout)
     check_fully_integer(tflite)
     return tflite
+
+
+def convert_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Iterable[np.ndarray],
+                 layout: str = "raw") -> TFLiteModel:
+    """Fully int8 TFLite: int8 weights (per channel) and activations, int8 input fixed at scale 1/255,
+    zero point -128 (``pixel - 128``), int8 outputs in ``layout`` (raw: six, each with its own scale;
+    class logits always on CLS_LOGIT_QPARAMS).
+
+    ``calibration`` yields (1, H, W, 3) float inputs in [0, 1], letterboxed as at run time.
+    """
+    return lower_int8(calibrate_int8(model, imgsz, calibration, layout))
 
 
 def non_integer_tensors(tflite: TFLiteModel) -> list[str]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 from importlib import metadata as package_metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from edge_yolov9.model_file import METADATA_NAME, build_metadata as model_file_metadata, encode_metadata, \
-    for_compiled
+    for_compiled, write_sidecar
 
 from .frigate import padding_classes
 from .tflite_model import TFLiteModel
@@ -52,6 +53,14 @@ def build_metadata(tflite: TFLiteModel, *, model_name: str, labels: Sequence[str
 def attach_metadata(tflite: TFLiteModel, metadata: dict[str, Any]) -> None:
     """Embed the metadata JSON into the model (name ``edge_yolov9``)."""
     tflite.set_metadata(METADATA_NAME, encode_metadata(metadata))
+
+
+def save_with_metadata(tflite: TFLiteModel, path: Path, metadata: dict[str, Any]) -> Path:
+    """Write ``tflite`` to ``path`` with ``metadata`` embedded and in the sidecar beside it."""
+    attach_metadata(tflite, metadata)
+    tflite.save(path)
+    write_sidecar(path, metadata)
+    return path
 
 
 def embedded_metadata(tflite: TFLiteModel) -> dict[str, Any] | None:

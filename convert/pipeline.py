@@ -25,15 +25,17 @@ from edge_yolov9.cli import CONVERT_INPUT_SIZES, plural
 from edge_yolov9.errors import EdgeYoloError, output_error, writing
 from edge_yolov9.model_file import InputSize, edgetpu_path, sidecar_path, weights_notice, write_sidecar
 from edge_yolov9.train.checkpoint import choose_input_size, file_sha256, load_checkpoint
+from edge_yolov9.train.evaluate import TFLitePredictor
 from edge_yolov9.train.models import YOLO
 
-from .accuracy import AccuracyReport, ValSet, find_val_set, measure_accuracy
+from .accuracy import AccuracyReport, ValSet, find_val_set, score
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration_set
 from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitCode, compile_for_edgetpu,
                       find_compiler, precheck)
-from .export import check_layout, convert_float, convert_int8, output_specs, prepare_for_export
+from .export import calibrate_int8, check_layout, lower_int8, output_specs, prepare_for_export
+from .float_branch import BESIDE, FloatBranch, FloatJob
 from .frigate import LABELMAP, write_labelmap
-from .metadata import attach_metadata, build_metadata, metadata_for_compiled
+from .metadata import build_metadata, metadata_for_compiled, save_with_metadata
 from .stages import StageClock
 from .tflite_model import TFLiteModel
 
@@ -162,26 +164,31 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
                 raise  # an explicit --compiler that is wrong is a usage error
             compiler_missing = err
     check_layout(model, labels, options.layout)
-    with clock.stage("load"):
-        val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
-    with clock.stage("deploy transform"):
-        deployed = prepare_for_export(model)
-    with clock.stage("outlier pass"):
-        calibration = calibration.without_outliers(deployed)
-    logger.info("Converting %s (%s) at %s, calibrating on %d images from %s", model.cfg.name,
-                plural(len(labels), "class"), imgsz, len(calibration.images), calibration.source)
-
-    staging = _Staging.open(options.out_dir)
+    float_branch = FloatBranch()
     try:
-        result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set, clock,
-                               meta.get("weights_license"))
-        with clock.stage("writing"):
-            result.files = staging.publish()
-    except BaseException as err:
-        staging.discard()
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise output_error(err, options.out_dir, "the converted models") from None
-        raise
+        with clock.stage("load"):
+            val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
+        with clock.stage("deploy transform"):
+            deployed = prepare_for_export(model)
+        with clock.stage("outlier pass"):
+            calibration = calibration.without_outliers(deployed)
+        logger.info("Converting %s (%s) at %s, calibrating on %d images from %s", model.cfg.name,
+                    plural(len(labels), "class"), imgsz, len(calibration.images), calibration.source)
+
+        staging = _Staging.open(options.out_dir)
+        try:
+            result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set, clock,
+                                   float_branch, meta.get("weights_license"))
+            with clock.stage("writing"):
+                result.files = staging.publish()
+        except BaseException as err:
+            float_branch.close()  # before the staging folder goes: the worker writes into it
+            staging.discard()
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise output_error(err, options.out_dir, "the converted models") from None
+            raise
+    finally:
+        float_branch.close()
     if result.compile is not None:  # point at the published files, not the staging folder
         compiled = result.compile.compiled_model
         result.compile.compiled_model = result.files[compiled.name] if compiled else None
@@ -197,27 +204,25 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
 
 def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: CalibrationSet,
                   options: ConvertOptions, compiler: Path | None, val_set: ValSet | None,
-                  clock: StageClock, weights_license: dict[str, str] | None) -> ConvertResult:
+                  clock: StageClock, float_branch: FloatBranch, weights_license: dict[str, str] | None
+                  ) -> ConvertResult:
     describe = dict(model_name=deployed.cfg.name, labels=labels, imgsz=calibration.imgsz, strides=deployed.strides,
                     reg_max=deployed.head.reg_max, outputs=output_specs(deployed, options.layout),
                     layout=options.layout, checkpoint=options.checkpoint,
                     checkpoint_sha256=file_sha256(options.checkpoint), weights_license=weights_license)
 
-    logger.info("Converting to a float TFLite model")
-    with clock.stage("float lowering"):
-        float_model = convert_float(deployed, calibration.imgsz, options.layout)
-        _save_with_metadata(float_model, folder / FLOAT_MODEL,
-                            build_metadata(float_model, variant="float", **describe))
-
-    logger.info("Quantizing to int8: calibration, then conversion")
+    logger.info("Quantizing to int8: calibration, then conversion (the float model beside it)")
     inputs = tqdm(calibration.inputs(), total=len(calibration.images), desc="calibrating", unit="img", disable=None,
                   leave=False)
-    int8_model = convert_int8(deployed, calibration.imgsz, inputs, options.layout, clock)
+    with clock.stage("int8 calibration"):
+        calibrated = calibrate_int8(deployed, calibration.imgsz, inputs, options.layout)
     with clock.stage("int8 lowering"):
+        float_branch.start(FloatJob(deployed, folder / FLOAT_MODEL, describe, val_set, options.checkpoint))
+        int8_model = lower_int8(calibrated)
         if options.uint8_io:
             int8_model = int8_model.with_uint8_io()
         int8_metadata = build_metadata(int8_model, variant="int8", calibration=calibration.to_dict(), **describe)
-        int8_path = _save_with_metadata(int8_model, folder / INT8_MODEL, int8_metadata)
+        int8_path = save_with_metadata(int8_model, folder / INT8_MODEL, int8_metadata)
         if options.layout == "frigate":
             write_labelmap(folder / LABELMAP, labels)
 
@@ -231,8 +236,16 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
         result.notes.append("The int8 model fails the Edge TPU precheck (it still runs on the CPU); "
                             f"see {PRECHECK_STEM}.md")
     if val_set is not None:
-        result.accuracy = measure_accuracy(val_set, deployed, options.checkpoint, folder / FLOAT_MODEL, int8_path,
-                                           max_drop=options.max_drop, clock=clock)
+        logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
+                    len(val_set.eval_set.image_paths))
+        int8_score = score(val_set, "int8 TFLite", INT8_MODEL, TFLitePredictor(int8_path), clock=clock)
+    with clock.stage("waiting for the float half"):
+        floats = float_branch.result()
+        float_branch.close()
+    clock.add(floats.stage_seconds, prefix=BESIDE)
+    if val_set is not None:
+        result.accuracy = AccuracyReport.of(val_set, calibration.imgsz, *floats.references, int8_score,
+                                            max_drop=options.max_drop)
         result.accuracy.save(folder / ACCURACY_STEM)
         logger.info("%s", result.accuracy.summary())
     if compiler is not None:
@@ -261,10 +274,3 @@ def _judge_accuracy(result: ConvertResult, options: ConvertOptions) -> None:
         result.exit_code = ExitCode.ACCURACY_DROP
         result.notes.append(f"The int8 model loses {report.drop:.2f} AP of mAP50-95 against PyTorch, more than "
                             f"--max-drop {options.max_drop:g}; see {ACCURACY_STEM}.md")
-
-
-def _save_with_metadata(tflite: TFLiteModel, path: Path, metadata: dict[str, Any]) -> Path:
-    attach_metadata(tflite, metadata)
-    tflite.save(path)
-    write_sidecar(path, metadata)
-    return path

@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 class StageClock:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -25,7 +26,13 @@ class StageClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
             logger.debug("Stage %s took %.1f s", name, elapsed)
 
+    def add(self, seconds: dict[str, float], prefix: str = "") -> None:
+        """Stages timed elsewhere (another process), named ``prefix + name``."""
+        for name, elapsed in seconds.items():
+            self.seconds[prefix + name] = self.seconds.get(prefix + name, 0.0) + elapsed
+
     def summary(self) -> str:
-        """``Stage times: 107.0 s in all; load 0.5 s, ...`` (stages in the order they ran)."""
+        """``Stage times: 107.0 s in all; load 0.5 s, ...``: the wall time since the clock started, then each stage
+        in the order they ran (stages that ran side by side add up to more than the wall time)."""
         parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
-        return f"Stage times: {sum(self.seconds.values()):.1f} s in all; {parts}"
+        return f"Stage times: {time.perf_counter() - self.started:.1f} s in all; {parts}"

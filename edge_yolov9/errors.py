@@ -17,6 +17,17 @@ class EdgeYoloError(Exception):
         self.fix = fix
         super().__init__(f"{problem}\n  fix: {fix}" if fix else problem)
 
+    def __reduce__(self):
+        """Pickled whole (problem and fix, whatever the subclass's own arguments): an error raised in a worker
+        process reaches the user as it was raised."""
+        return _rebuild_error, (type(self), self.problem, self.fix)
+
+
+def _rebuild_error(cls: type[EdgeYoloError], problem: str, fix: str | None) -> EdgeYoloError:
+    error = cls.__new__(cls)
+    EdgeYoloError.__init__(error, problem, fix)
+    return error
+
 
 class ImageError(EdgeYoloError):
     """An image that cannot be read or decoded."""

@@ -494,3 +494,79 @@ def test_skipping_needless_decompositions_changes_no_byte(coco128, monkeypatch, 
     skipped = lowered()
     monkeypatch.setattr(export, "SKIP_DECOMPOSITIONS_IN", ())
     assert lowered() == skipped
+
+
+def test_streaming_histogram_observer_matches_torchao_call_for_call():
+    """Ranges that grow and hold, a constant tensor, infinities (which torchao filters out) and an empty tensor:
+    after every call the histogram and range are torchao's HistogramObserver's, bit for bit."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from edge_yolov9.convert.quantizer import StreamingHistogramObserver
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(1000) * s for s in (1.0, 0.5, 3.0, 2.0)] + [
+        torch.full((10,), 7.0), torch.tensor([1.0, float("inf"), -2.0]), torch.empty(0), torch.randn(500) * 10]
+    fast, stock = StreamingHistogramObserver(eps=2 ** -12), HistogramObserver(eps=2 ** -12)
+    for x in inputs:
+        fast(x)
+        stock(x)
+        assert torch.equal(fast.histogram, stock.histogram)
+        assert (fast.min_val.item(), fast.max_val.item()) == (stock.min_val.item(), stock.max_val.item())
+    assert [t.tolist() for t in fast.calculate_qparams()] == [t.tolist() for t in stock.calculate_qparams()]
+
+
+def test_weight_observer_skips_only_an_unchanged_tensor():
+    from edge_yolov9.convert.quantizer import WeightMinMaxObserver
+
+    weight = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    observer = WeightMinMaxObserver(ch_axis=0, dtype=torch.int8, qscheme=torch.per_channel_symmetric)
+    observer(weight)
+    observer(weight)
+    assert observer.min_val.tolist() == [-2.0, 0.5] and observer.max_val.tolist() == [1.0, 3.0]
+    with torch.no_grad():
+        weight.mul_(2)  # changed in place: observed again
+    observer(weight)
+    assert observer.min_val.tolist() == [-4.0, 0.5] and observer.max_val.tolist() == [2.0, 6.0]
+    observer(torch.tensor([[-9.0, 0.0], [0.0, 0.0]]))  # another tensor
+    assert observer.min_val.tolist() == [-9.0, 0.0]
+
+
+def test_calibration_ends_in_the_state_torchao_observers_give(coco128, monkeypatch):
+    """The quantizer's own observers (convert.quantizer) leave calibration on real photos in exactly the state
+    torchao's would: every histogram, range and per-channel weight min/max equal, so the int8 model is the
+    same."""
+    from edge_yolov9.convert import export, quantizer
+    from edge_yolov9.convert.calibration import calibration_set
+    from support.conversions import trained_like
+
+    photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:4]
+    model = export.prepare_for_export(trained_like(photos, csp_depth=1))
+    calibration = calibration_set(coco128 / "images" / "train2017", 160, limit=6)
+
+    def calibrated() -> tuple[set[str], dict]:
+        prepared = export.calibrate_int8(model, 160, calibration.inputs()).prepared
+        return {type(m).__name__ for m in prepared.modules()}, prepared.state_dict()
+
+    kinds, ours = calibrated()
+    monkeypatch.setattr(quantizer, "_with_observer", lambda spec, observer: spec)
+    stock_kinds, stock = calibrated()
+    assert {"StreamingHistogramObserver", "WeightMinMaxObserver"} <= kinds
+    assert not kinds & {"HistogramObserver", "PerChannelMinMaxObserver"}
+    assert {"HistogramObserver", "PerChannelMinMaxObserver"} <= stock_kinds
+    assert ours.keys() == stock.keys() and len(ours) > 100
+    assert [key for key in ours if not torch.equal(ours[key], stock[key])] == []
+
+
+def test_errors_cross_a_process_boundary_whole():
+    """An error raised in the float half's worker process is pickled back: its problem, fix and type survive,
+    whatever arguments the subclass itself takes."""
+    import pickle
+
+    from edge_yolov9.convert.export import ConversionError
+    from edge_yolov9.errors import MissingDependencyError
+
+    for error in (ConversionError("float op left", "report it"), MissingDependencyError("faster_coco_eval", "train",
+                                                                                        "Scoring")):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and (back.problem, back.fix, str(back)) == (error.problem, error.fix,
+                                                                                     str(error))
