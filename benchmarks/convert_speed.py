@@ -13,7 +13,8 @@ coco-val158 restricted to person (see person_data.py). Ultralytics calibrates on
 
 Ultralytics (AGPL-3.0) is installed with `pip install --no-deps --target` into a cache folder, as the importer's
 oracle test does, and runs in subprocesses through its `yolo` entry point; it is never a dependency of the
-project. Each command runs alone, as a user runs it (imports included); run this on a quiet machine.
+project. Each command runs alone, as a user runs it (imports included); run this on a quiet machine. Stages named
+"beside: ..." ran in convert's worker process during the int8 lowering (convert.float_branch).
 
     python benchmarks/convert_speed.py [--models gelan-t gelan-s] [--imgsz 320] [--json]
 """
@@ -90,6 +91,7 @@ def measure(name: str, source: Path, site: Path, work: Path, args: argparse.Name
     calibrated = re.findall(r"(\d+) images, (\d+) backgrounds, (\d+) corrupt", log)
     return {"model": name, "ours_s": seconds, "ours_stages_s": stages, "ours_stage_total_s": float(total),
             "ours_accuracy_s": sum(s for stage, s in stages.items() if stage.startswith("accuracy")),
+            "ours_accuracy_beside_s": sum(s for stage, s in stages.items() if stage.startswith("beside: accuracy")),
             "ours_int8_change_ap": -report["drop_ap"],
             "ultralytics_float_s": theirs_float, "ultralytics_int8_s": theirs_int8,
             "ultralytics_calibration": calibrated[-1] if calibrated else None}
@@ -121,7 +123,8 @@ def main() -> None:
     for row in rows:
         theirs = row["ultralytics_float_s"] + row["ultralytics_int8_s"]
         print(f"\n{row['model']}: edge-yolov9 convert {row['ours_s']:.0f} s (accuracy report "
-              f"{row['ours_accuracy_s']:.0f} s; {row['ours_int8_change_ap']:+.2f} AP int8 vs PyTorch); Ultralytics "
+              f"{row['ours_accuracy_s']:.0f} s + {row['ours_accuracy_beside_s']:.0f} s beside the int8 lowering; "
+              f"{row['ours_int8_change_ap']:+.2f} AP int8 vs PyTorch); Ultralytics "
               f"float {row['ultralytics_float_s']:.0f} s + int8 {row['ultralytics_int8_s']:.0f} s = {theirs:.0f} s; "
               f"ratio {row['ours_s'] / theirs:.2f}")
         for stage, seconds in row["ours_stages_s"].items():
