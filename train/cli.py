@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -74,18 +75,26 @@ class MergeSettings(argparse.Action):
 
 def _train(args: argparse.Namespace) -> int:
     require_torch("Training")
-    from .trainer import TrainConfig, resume, train
+    from . import distributed
+    from .trainer import TrainConfig, launch, resume, train
 
-    if args.resume:
-        best = resume(args.resume)
-    else:
-        # Paths as text: the config is stored in checkpoints, which hold plain data only.
-        overrides = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                     if k in TrainConfig.__dataclass_fields__ and v is not None}
-        if args.augment_changes:
-            overrides["augment"] = {**AUGMENT_DEFAULTS, **args.augment_changes}
-        best = train(TrainConfig(**overrides))
-    print(f"best checkpoint: {best}")
+    world = distributed.World.from_env()
+    if "," in args.device and not world.distributed:
+        return launch(args.device, sys.argv[1:])
+    try:
+        if args.resume:
+            best = resume(args.resume)
+        else:
+            # Paths as text: the config is stored in checkpoints, which hold plain data only.
+            overrides = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                         if k in TrainConfig.__dataclass_fields__ and v is not None}
+            if args.augment_changes:
+                overrides["augment"] = {**AUGMENT_DEFAULTS, **args.augment_changes}
+            best = train(TrainConfig(**overrides))
+    finally:
+        distributed.leave(world)
+    if world.main:
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -128,12 +137,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int_arg(1, 100_000), default=30)
     train.add_argument("--time-budget", type=float_arg(0, low_open=True), metavar="MINUTES",
                        help="fit the number of epochs (and the LR schedule) to this many minutes of training")
-    train.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=16)
+    train.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=16,
+                       help="images per step, over all processes of a distributed run")
     train.add_argument("--nominal-batch", type=int_arg(1, MAX_BATCH), default=64,
                        help="gradients are accumulated up to this many images per optimizer step; set it to "
                             "--batch for short runs on small data, where every step counts")
     train.add_argument("--workers", type=int_arg(-1, 256), default=-1, help="data-loading processes (-1: cores - 1)")
-    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    train.add_argument("--device", default="auto",
+                       help="cpu, cuda, cuda:N or auto; 0,1,... trains on those GPUs, one process each (torchrun); "
+                            "under torchrun each process takes its own GPU (cuda) or the CPU (cpu)")
+    train.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                       help="mixed precision (autocast): on by default on CUDA (bfloat16 where the GPU has it, else "
+                            "float16 with loss scaling); --amp on the CPU trains in bfloat16")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="distributed CUDA runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     train.add_argument("--activation", choices=["silu", "relu6"],
                        help="default silu, or with --weights the checkpoint's")
     train.add_argument("--optimizer", default="auto", choices=["auto", "sgd", "adamw"],

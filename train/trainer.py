@@ -1,14 +1,17 @@
 """Training of GELAN / YOLOv9 (PGI) detectors on YOLO-format data, on CPU or CUDA.
 
 The YOLOv9 recipe: SGD (momentum 0.937, nesterov) with no weight decay on norms and biases,
-warm-up, linear or cosine LR decay (AdamW instead for short runs, see :func:`choose_optimizer`), EMA of the weights, gradient clipping, AMP on CUDA, gradient
-accumulation to a nominal batch of 64, mosaic closed for the last epochs. Every epoch is validated
-(COCO mAP of the EMA weights) and written atomically to ``last.pt`` (and ``best.pt``), with the
-optimizer, EMA and schedule state, so ``--resume`` continues a killed run where it stopped.
+warm-up, linear or cosine LR decay (AdamW instead for short runs, see :func:`choose_optimizer`), EMA of the
+weights, gradient clipping, mixed precision on CUDA (:func:`amp_dtype`), gradient accumulation to a nominal batch
+of 64, mosaic closed for the last epochs. Every epoch is validated (COCO mAP of the EMA weights) and written
+atomically to ``last.pt`` (and ``best.pt``), with the optimizer, EMA and schedule state, so ``--resume``
+continues a killed run where it stopped. Under torchrun the same run spreads over several processes
+(:mod:`.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import logging
@@ -29,6 +32,7 @@ from edge_yolov9.model_file import InputSize, weights_notice
 from edge_yolov9.preprocess import load_image
 
 from .augment import Annotated, AugmentConfig, augment, resize_to_fit
+from . import distributed
 from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .data import DataConfig, Sample, list_split, load_data_config
 from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
@@ -63,6 +67,8 @@ class TrainConfig:
     nominal_batch: int = 64
     workers: int = -1
     device: str = "auto"
+    amp: bool | None = None  # mixed precision; None: on for CUDA, off on the CPU (see amp_dtype)
+    sync_bn: bool = False  # SyncBatchNorm across the processes of a distributed run (CUDA)
     activation: str | None = None  # None: the checkpoint's with ``weights``, else silu
     optimizer: str = "auto"
     lr0: float | None = None  # None: DEFAULT_LR0 of the optimizer
@@ -107,6 +113,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EdgeYoloError(f"Device {name!r} was asked for but CUDA is not available", "use --device cpu")
     return device
+
+
+def amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """The autocast dtype of a run, None for full precision. CUDA: bfloat16 where the GPU has it (no loss
+    scaling needed), else float16 with a gradient scaler; on by default. CPU: bfloat16 when asked for (--amp)."""
+    if amp is False or (amp is None and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
 
 
 def default_workers(requested: int) -> int:
@@ -342,7 +358,11 @@ def _why_fresh(key: str, source: ModelConfig, target: ModelConfig) -> str | None
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume_from: Path | None = None):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.world = distributed.World.from_env()
+        distributed.quiet_unless_main(self.world)
+        self.device = distributed.join(self.world, resolve_device(cfg.device))
+        self.local_batch = distributed.local_batch(cfg.batch, self.world)
+        self.amp = amp_dtype(self.device, cfg.amp)
         self.run_dir = cfg.run_dir()
         data_yaml = resolve_data(cfg.data)
         self.data: DataConfig = load_data_config(data_yaml)
@@ -367,7 +387,8 @@ class Trainer:
         cfg.lr0 = cfg.lr0 if cfg.lr0 is not None else DEFAULT_LR0[cfg.optimizer]
         self.optimizer = build_optimizer(self.model, cfg, weight_decay)
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_tau)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.train_model = distributed.wrap(self.model, self.world, self.device, cfg.sync_bn)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
         self.resuming = resume_from is not None
         if resume_from is not None:
@@ -480,10 +501,10 @@ class Trainer:
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         self.dataset.epoch = epoch
         self.dataset.use_mosaic = epoch < self.cfg.epochs - self.cfg.close_mosaic
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
-        workers = default_workers(self.cfg.workers)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch, shuffle=True, drop_last=False,
-                                           num_workers=workers, collate_fn=collate, generator=generator,
+        sampler = distributed.GlobalBatchSampler(len(self.dataset), self.cfg.batch, self.world, self.cfg.seed)
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.local_batch, sampler=sampler, drop_last=False,
+                                           num_workers=default_workers(self.cfg.workers), collate_fn=collate,
                                            persistent_workers=False, pin_memory=self.device.type == "cuda")
 
     def train_epoch(self, epoch: int) -> tuple[list[float], float, float]:
@@ -493,32 +514,45 @@ class Trainer:
         batches = len(loader)
         warmup = round(self.cfg.warmup_epochs * batches)
         sums, seen, started = np.zeros(3), 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=True,
+                   disable=not self.world.main)
         self.optimizer.zero_grad(set_to_none=True)
         for step, (images, targets) in enumerate(bar):
             iteration = step + batches * epoch
             set_learning_rates(self.optimizer, self.cfg, epoch, iteration, warmup)
             images = images.to(self.device, non_blocking=True).float().div_(255)
-            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                output = self.model(images)
-            total, items = self.loss(output, targets)
-            self.scaler.scale(total).backward()
-            if (step + 1) % self.accumulate == 0 or step + 1 == batches:
+            stepping = (step + 1) % self.accumulate == 0 or step + 1 == batches
+            # Gradients are averaged over the processes only at the step that applies them.
+            with self._sync_gradients(stepping):
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    output = self.train_model(images)
+                total, items = self.loss(output, targets)
+                # DDP averages the processes' gradients: each process's loss counts world-size times, so a
+                # step's gradient is that of the global batch's summed loss, as in a one-process run.
+                self.scaler.scale(total * self.world.size).backward()
+            if stepping:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
+                distributed.sync_buffers(self.model, self.world)
                 self.ema.update(self.model)
             sums += np.array([t.item() for t in items]) * len(images)
             seen += len(images)
-            rate = seen / (time.perf_counter() - started)
+            rate = seen * self.world.size / (time.perf_counter() - started)
             mean = sums / seen
             bar.set_postfix(box=f"{mean[0]:.3f}", dfl=f"{mean[1]:.3f}", cls=f"{mean[2]:.3f}", img_s=f"{rate:.1f}")
         bar.close()
+        means, seen = distributed.mean_over_ranks(sums / max(seen, 1), seen, self.world)
         # Plain floats: the history goes into checkpoints, which load with weights_only (no numpy scalars).
-        return ([float(v) for v in sums / max(seen, 1)], seen / (time.perf_counter() - started),
+        return ([float(v) for v in means], seen / (time.perf_counter() - started),
                 float(self.optimizer.param_groups[0]["lr"]))
+
+    def _sync_gradients(self, stepping: bool) -> contextlib.AbstractContextManager:
+        if stepping or not self.world.distributed:
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()
 
     def validate(self) -> Metrics:
         predictor = TorchPredictor(self.ema.ema, self.cfg.imgsz)
@@ -529,11 +563,14 @@ class Trainer:
         that a kill interrupted, which nothing else would ever remove."""
         if not (self.resuming or self.cfg.exist_ok):
             wanted = self.cfg.name
-            self.cfg.name = claim_run_name(Path(self.cfg.project), wanted)
+            self.cfg.name = distributed.broadcast(
+                claim_run_name(Path(self.cfg.project), wanted) if self.world.main else None, self.world)
             if self.cfg.name != wanted:
                 logger.info("%s exists: this run writes to %s (--exist-ok reuses the folder)",
                             Path(self.cfg.project) / wanted, self.cfg.name)
         self.run_dir = self.cfg.run_dir()
+        if not self.world.main:
+            return
         with writing(self.run_dir, "the run folder"):
             self.run_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temp_files(self.run_dir, "last.pt", "best.pt")
@@ -544,27 +581,36 @@ class Trainer:
     def fit(self) -> Path:
         """Train the remaining epochs; returns the best checkpoint's path."""
         self._prepare_run_dir()
-        logger.info("Training %s on %s (%d images, %d classes) at %s px on %s, %d epochs, batch %d x %d, %s lr %g",
+        where = (f"{self.world.size} processes ({self.device.type}, batch {self.local_batch} each)"
+                 if self.world.distributed else str(self.device))
+        logger.info("Training %s on %s (%d images, %d classes) at %s px on %s, %d epochs, batch %d x %d, %s lr %g%s",
                     self.model.cfg.name, self.data.yaml_path, len(self.dataset), self.data.num_classes,
-                    InputSize(*self.cfg.imgsz),
-                    self.device, self.cfg.epochs, self.cfg.batch, self.accumulate, self.cfg.optimizer, self.cfg.lr0)
+                    InputSize(*self.cfg.imgsz), where, self.cfg.epochs, self.cfg.batch, self.accumulate,
+                    self.cfg.optimizer, self.cfg.lr0, f", {str(self.amp).replace('torch.', '')} autocast" if self.amp
+                    else "")
         epoch = self.start_epoch
         while epoch < self.cfg.epochs:
             started = time.perf_counter()
             losses, throughput, lr = self.train_epoch(epoch)
-            metrics = self.validate()
-            self.history.append(EpochResult(epoch + 1, lr, *losses, metrics.map50_95, metrics.map50, throughput,
-                                            time.perf_counter() - started))
-            improved = fitness(metrics) > self.best_fitness
-            self.best_fitness = max(self.best_fitness, fitness(metrics))
-            if self.cfg.time_budget is not None:
-                self._fit_epochs_to_budget(epoch + 1)
-            self._save(epoch, improved)
-            write_results(self.history, self.run_dir)
-            logger.info("epoch %d: mAP50-95 %.4f mAP50 %.4f, %.1f img/s", epoch + 1, metrics.map50_95,
-                        metrics.map50, throughput)
+            if self.world.main:  # validation, checkpoints and results: rank 0's, while the others wait
+                self._finish_epoch(epoch, losses, throughput, lr, started)
+            self.cfg.epochs = distributed.broadcast(self.cfg.epochs, self.world)  # a time budget may change it
+            distributed.barrier(self.world)
             epoch += 1
         return self.run_dir / "best.pt"
+
+    def _finish_epoch(self, epoch: int, losses: list[float], throughput: float, lr: float, started: float) -> None:
+        metrics = self.validate()
+        self.history.append(EpochResult(epoch + 1, lr, *losses, metrics.map50_95, metrics.map50, throughput,
+                                        time.perf_counter() - started))
+        improved = fitness(metrics) > self.best_fitness
+        self.best_fitness = max(self.best_fitness, fitness(metrics))
+        if self.cfg.time_budget is not None:
+            self._fit_epochs_to_budget(epoch + 1)
+        self._save(epoch, improved)
+        write_results(self.history, self.run_dir)
+        logger.info("epoch %d: mAP50-95 %.4f mAP50 %.4f, %.1f img/s", epoch + 1, metrics.map50_95, metrics.map50,
+                    throughput)
 
     def _fit_epochs_to_budget(self, done: int) -> None:
         """Set the epoch count (hence the LR schedule and mosaic closing) to what the remaining time
@@ -622,6 +668,20 @@ def plot_results(history: list[EpochResult], run_dir: Path) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     return Trainer(cfg).fit()
+
+
+def launch(cfg_devices: str, argv: list[str]) -> int:
+    """``--device 0,1``: the same command under torchrun, one process per listed GPU; its exit code."""
+    import subprocess
+
+    devices = [int(d) for d in cfg_devices.split(",") if d.strip()]
+    if not torch.cuda.is_available():
+        raise EdgeYoloError(f"--device {cfg_devices} names CUDA devices, but CUDA is not available",
+                            "train on one device (--device cpu), or on CPUs with torchrun --nproc_per_node N -m "
+                            "edge_yolov9.cli train --device cpu ...")
+    command, env = distributed.launch_command(devices, argv)
+    logger.info("Starting %d processes: %s", len(devices), " ".join(command))
+    return subprocess.call(command, env=env)
 
 
 def resume(path: str | os.PathLike) -> Path:
