@@ -182,7 +182,7 @@ def test_a_class_subset_keeps_its_pretrained_scores(coco128, tmp_path, caplog):
     for classes in (None, ["2", "0", "forklift"]):
         with caplog.at_level(logging.INFO):
             trainer = Trainer(config(data, tmp_path, model=None, weights=str(source), classes=classes))
-        model = trainer.model.eval()
+        model = trainer.model.eval().to(memory_format=torch.contiguous_format)  # the source's kernels, for exactness
         assert model.cfg.num_classes == 3 and model.head.cls[0][-1].in_channels == source_model.head.cls[0][-1].in_channels
         with torch.no_grad():
             found = model(image).main
@@ -243,3 +243,23 @@ def test_time_budget_fits_the_epoch_count_and_the_choice_is_stored(coco128, tmp_
     trainer.history = [replace(trainer.history[0], seconds=30.0) for _ in range(3)]
     trainer._fit_epochs_to_budget(3)
     assert trainer.cfg.epochs == 6
+
+
+def test_patience_ends_a_run_whose_map_stopped_rising_and_resume_keeps_it_ended(coco128, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """Validation mAP 0.10, 0.20, 0.15, 0.18 with --patience 2: the best is two epochs old after epoch 4, so the
+    run ends there (of 6); its stored config says so, and a resume adds no epoch."""
+    from edge_yolov9.train.evaluate import Metrics
+
+    scores = iter([0.10, 0.20, 0.15, 0.18, 0.5, 0.5])
+    monkeypatch.setattr(Trainer, "validate", lambda self: Metrics(next(scores), 0.5, {}, {}, 8, 10))
+    cfg = config(tiny_dataset(coco128, tmp_path, count=4), tmp_path, epochs=6, patience=2)
+    with caplog.at_level(logging.INFO):
+        Trainer(cfg).fit()
+    assert "No better mAP for 2 epochs (best: epoch 2, mAP50-95 0.2000): stopping at epoch 4 of 6" in caplog.text
+    rows = list(csv.DictReader(open(cfg.run_dir() / "results.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    state = read_checkpoint(cfg.run_dir() / "last.pt")
+    assert state["train_config"]["epochs"] == 4 and load_checkpoint(cfg.run_dir() / "best.pt")[2]["epoch"] == 1
+    resume(cfg.run_dir())
+    assert len(list(csv.DictReader(open(cfg.run_dir() / "results.csv")))) == 4

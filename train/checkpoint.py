@@ -138,7 +138,7 @@ def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,
         raise ValueError(f"{len(names)} class names for a model with {model.cfg.num_classes} classes.")
     path = check_output_path(path, "the checkpoint")
     payload = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(), "names": list(names),
-               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                "meta": dict(meta or {}), **training_state}
     tmp: str | None = None
     try:

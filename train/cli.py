@@ -137,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int_arg(1, 100_000), default=30)
     train.add_argument("--time-budget", type=float_arg(0, low_open=True), metavar="MINUTES",
                        help="fit the number of epochs (and the LR schedule) to this many minutes of training")
+    train.add_argument("--patience", type=int_arg(1), metavar="EPOCHS",
+                       help="end the run once validation mAP has not improved for this many epochs")
     train.add_argument("--batch", type=int_arg(1, MAX_BATCH), default=16,
                        help="images per step, over all processes of a distributed run")
     train.add_argument("--nominal-batch", type=int_arg(1, MAX_BATCH), default=64,
