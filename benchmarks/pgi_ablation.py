@@ -26,6 +26,7 @@ from training_runs import epoch_table, machine, run, summary
 from edge_yolov9.train.checkpoint import read_checkpoint
 from edge_yolov9.train.trainer import EpochResult, TrainConfig, resume, train
 
+PAIRS = {"t": ("yolov9-t", "gelan-t"), "s": ("yolov9-s", "gelan-s")}
 CONVERGE_WORK = Path.home() / ".cache" / "edge-yolov9-bench" / "pgi-converge"
 
 
@@ -42,16 +43,16 @@ def converged_run(cfg: TrainConfig) -> list[EpochResult]:
 
 
 def converge(args: argparse.Namespace) -> None:
-    best: dict[str, list[float]] = {}
-    for model in PAIRS[args.size]:
-        for seed in args.seeds:
+    best: dict[str, list[float]] = {model: [] for model in PAIRS[args.size]}
+    for seed in args.seeds:  # seed by seed: an interrupted ablation has whole pairs done
+        for model in PAIRS[args.size]:
             cfg = TrainConfig(model=model, data=args.data, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch,
                               nominal_batch=args.batch, device=args.device, seed=seed, warmup_epochs=3.0,
                               close_mosaic=10, patience=args.patience, project=str(args.work),
                               name=f"{model}-{args.imgsz}-seed{seed}", exist_ok=True)
             history = converged_run(cfg)
             top = max(history, key=lambda h: (h.map50_95, h.map50))
-            best.setdefault(model, []).append(top.map50_95)
+            best[model].append(top.map50_95)
             print(f"{model} seed {seed}: best mAP50-95 {top.map50_95:.4f} at epoch {top.epoch} of {len(history)} "
                   f"({sum(h.seconds for h in history) / 3600:.1f} h)", flush=True)
     print(f"\n{machine()}; data {args.data}, {args.imgsz} px, until {args.patience} epochs without a better mAP "
@@ -63,8 +64,6 @@ def converge(args: argparse.Namespace) -> None:
               f"{', '.join(f'{v:.4f}' for v in values)} |")
     pgi, plain = (statistics.mean(best[m]) for m in PAIRS[args.size])
     print(f"\nPGI - no PGI: {pgi - plain:+.4f} mAP50-95 (mean over seeds)")
-
-PAIRS = {"t": ("yolov9-t", "gelan-t"), "s": ("yolov9-s", "gelan-s")}
 
 
 def main() -> None:

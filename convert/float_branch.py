@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -65,11 +66,11 @@ def run_float_job(job: FloatJob, threads: int | None = None) -> FloatResult:
     return FloatResult(job.path, references, clock.seconds)
 
 
-def _work(job: FloatJob, results: Connection, log_level: int) -> None:
+def _work(job: bytes, results: Connection, log_level: int) -> None:
     """The worker process: one core beside the int8 lowering's one; the result, or the error, sent back."""
     logging.basicConfig(level=log_level, format="%(message)s")
     try:
-        outcome: FloatResult | BaseException = run_float_job(job, threads=1)
+        outcome: FloatResult | BaseException = run_float_job(pickle.loads(job), threads=1)
     except BaseException as err:  # noqa: BLE001: handed to the parent, which raises it
         outcome = err
     try:
@@ -98,8 +99,11 @@ class FloatBranch:
             return
         context = multiprocessing.get_context("spawn")
         self.results, sender = context.Pipe(duplex=False)
+        # The job goes as plain pickle bytes: through multiprocessing, torch would share every weight tensor as a
+        # shared-memory file descriptor, hundreds of them, held open in this process after the worker is gone.
         self.process = context.Process(target=_work, name="edge-yolov9 float half", daemon=True,
-                                       args=(job, sender, logging.getLogger("edge_yolov9").getEffectiveLevel()))
+                                       args=(pickle.dumps(job), sender,
+                                             logging.getLogger("edge_yolov9").getEffectiveLevel()))
         self.process.start()
         sender.close()  # the worker holds the only sending end: its death ends the pipe
 
