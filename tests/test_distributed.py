@@ -49,7 +49,7 @@ def _rank_main(rank: int, size: int, port: int, cfg: dict, out: str) -> None:
             raise
     torch.save({"model": trainer.model.state_dict(), "ema": trainer.ema.ema.state_dict()},
                Path(out) / f"rank{rank}.pt")
-    distributed.leave(trainer.world)
+    distributed.leave_group(trainer.world)
 
 
 def _one_process_run(cfg: TrainConfig) -> list[dict]:
@@ -169,3 +169,15 @@ def test_torchrun_runs_the_cli_on_two_processes(coco128, tmp_path, monkeypatch):
     assert "2 processes (cpu, batch 2 each)" in done.stderr
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["cli"]
     assert len(list(csv.DictReader(open(tmp_path / "runs" / "cli" / "results.csv")))) == 1
+
+
+def test_a_device_list_without_cuda_says_how_to_train_on_cpus(monkeypatch, capsys):
+    from edge_yolov9.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--device", "0,1", "--epochs", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "--device 0,1 names CUDA devices, but CUDA is not available" in err and "torchrun --nproc_per_node" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main(["train", "--device", "0,gpu1", "--epochs", "1"]) != 0
+    assert "write e.g. --device 0,1" in capsys.readouterr().err

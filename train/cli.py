@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
                 overrides["augment"] = {**AUGMENT_DEFAULTS, **args.augment_changes}
             best = train(TrainConfig(**overrides))
     finally:
-        distributed.leave(world)
+        distributed.leave_group(world)
     if world.main:
         print(f"best checkpoint: {best}")
     return 0

@@ -57,7 +57,7 @@ class World:
         return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), size)
 
 
-def join(world: World, device: torch.device) -> torch.device:
+def join_group(world: World, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo on CPU) and return this process's device: on CUDA its own GPU
     (``cuda:LOCAL_RANK``)."""
     if not world.distributed:
@@ -75,7 +75,7 @@ def join(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def leave(world: World) -> None:
+def leave_group(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
 

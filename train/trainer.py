@@ -361,7 +361,7 @@ class Trainer:
         self.cfg = cfg
         self.world = distributed.World.from_env()
         distributed.quiet_unless_main(self.world)
-        self.device = distributed.join(self.world, resolve_device(cfg.device))
+        self.device = distributed.join_group(self.world, resolve_device(cfg.device))
         self.local_batch = distributed.local_batch(cfg.batch, self.world)
         self.amp = amp_dtype(self.device, cfg.amp)
         self.run_dir = cfg.run_dir()
@@ -685,17 +685,21 @@ def train(cfg: TrainConfig) -> Path:
     return Trainer(cfg).fit()
 
 
-def launch(cfg_devices: str, argv: list[str]) -> int:
+def launch(devices: str, argv: list[str]) -> int:
     """``--device 0,1``: the same command under torchrun, one process per listed GPU; its exit code."""
     import subprocess
 
-    devices = [int(d) for d in cfg_devices.split(",") if d.strip()]
     if not torch.cuda.is_available():
-        raise EdgeYoloError(f"--device {cfg_devices} names CUDA devices, but CUDA is not available",
+        raise EdgeYoloError(f"--device {devices} names CUDA devices, but CUDA is not available",
                             "train on one device (--device cpu), or on CPUs with torchrun --nproc_per_node N -m "
                             "edge_yolov9.cli train --device cpu ...")
-    command, env = distributed.launch_command(devices, argv)
-    logger.info("Starting %d processes: %s", len(devices), " ".join(command))
+    try:
+        gpus = [int(d) for d in devices.split(",") if d.strip()]
+    except ValueError:
+        raise EdgeYoloError(f"--device {devices}: a list of devices is of CUDA device numbers",
+                            "write e.g. --device 0,1") from None
+    command, env = distributed.launch_command(gpus, argv)
+    logger.info("Starting %d processes: %s", len(gpus), " ".join(command))
     return subprocess.call(command, env=env)
 
 
