@@ -170,6 +170,11 @@ class AccuracyReport:
         stem.with_suffix(".md").write_text(self.render())
 
 
+def announce(val_set: ValSet) -> None:
+    logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
+                len(val_set.eval_set.image_paths))
+
+
 def score(val_set: ValSet, name: str, file: str, predictor: BatchPredictor, *, batch_size: int = 8,
           clock: StageClock | None = None) -> ModelAccuracy:
     """COCO scores of one model (``predictor``) on ``val_set``, timed as stage ``accuracy: <name>``."""
@@ -192,8 +197,7 @@ def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_mo
                      max_drop: float, clock: StageClock | None = None) -> AccuracyReport:
     """Score the deploy-form PyTorch model (from ``checkpoint``) and the two TFLite models on ``val_set``,
     at the TFLite models' input size, one after the other; ``clock`` times each of the three."""
-    logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
-                len(val_set.eval_set.image_paths))
+    announce(val_set)
     references = score_references(val_set, deployed, checkpoint, float_model, clock=clock)
     int8_predictor = TFLitePredictor(int8_model)
     int8 = score(val_set, "int8 TFLite", int8_model.name, int8_predictor, clock=clock)

@@ -28,7 +28,7 @@ from edge_yolov9.train.checkpoint import choose_input_size, file_sha256, load_ch
 from edge_yolov9.train.evaluate import TFLitePredictor
 from edge_yolov9.train.models import YOLO
 
-from .accuracy import AccuracyReport, ValSet, find_val_set, score
+from .accuracy import AccuracyReport, ValSet, announce, find_val_set, score
 from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration_set
 from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitCode, compile_for_edgetpu,
                       find_compiler, precheck)
@@ -236,8 +236,7 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
         result.notes.append("The int8 model fails the Edge TPU precheck (it still runs on the CPU); "
                             f"see {PRECHECK_STEM}.md")
     if val_set is not None:
-        logger.info("Measuring accuracy on %s (%d images): PyTorch, float and int8 TFLite", val_set.describe(),
-                    len(val_set.eval_set.image_paths))
+        announce(val_set)
         int8_score = score(val_set, "int8 TFLite", INT8_MODEL, TFLitePredictor(int8_path), clock=clock)
     with clock.stage("waiting for the float half"):
         floats = float_branch.result()

@@ -130,6 +130,12 @@ def _os_error(err: BaseException) -> OSError | None:
     return err
 
 
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s tensors as a checkpoint holds them: detached, on the CPU, in the standard memory layout (training
+    runs channels-last)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,
                     meta: dict[str, Any] | None = None, **training_state: Any) -> Path:
     """Write atomically (temp file + rename), so an interrupted save never leaves a broken checkpoint;
@@ -138,7 +144,7 @@ def save_checkpoint(path: str | os.PathLike, model: YOLO, names: list[str], *,
         raise ValueError(f"{len(names)} class names for a model with {model.cfg.num_classes} classes.")
     path = check_output_path(path, "the checkpoint")
     payload = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(), "names": list(names),
-               "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+               "model": plain_state_dict(model),
                "meta": dict(meta or {}), **training_state}
     tmp: str | None = None
     try:

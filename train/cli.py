@@ -76,11 +76,11 @@ class MergeSettings(argparse.Action):
 def _train(args: argparse.Namespace) -> int:
     require_torch("Training")
     from . import distributed
-    from .trainer import TrainConfig, launch, resume, train
+    from .trainer import TrainConfig, resume, train
 
     world = distributed.World.from_env()
     if "," in args.device and not world.distributed:
-        return launch(args.device, sys.argv[1:])
+        return distributed.launch(args.device, sys.argv[1:])
     try:
         if args.resume:
             best = resume(args.resume)

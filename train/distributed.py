@@ -165,9 +165,22 @@ def mean_over_ranks(values: Sequence[float], count: int, world: World) -> tuple[
     return [float(s) / max(total, 1) for s in sums[:-1]], total
 
 
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
+def launch(devices: str, argv: list[str]) -> int:
+    """``--device 0,1``: the same command under torchrun, one process per listed GPU; its exit code."""
+    import subprocess
+
+    if not torch.cuda.is_available():
+        raise EdgeYoloError(f"--device {devices} names CUDA devices, but CUDA is not available",
+                            "train on one device (--device cpu), or on CPUs with torchrun --nproc_per_node N -m "
+                            "edge_yolov9.cli train --device cpu ...")
+    try:
+        gpus = [int(d) for d in devices.split(",") if d.strip()]
+    except ValueError:
+        raise EdgeYoloError(f"--device {devices}: a list of devices is of CUDA device numbers",
+                            "write e.g. --device 0,1") from None
+    command, env = launch_command(gpus, argv)
+    logger.info("Starting %d processes: %s", len(gpus), " ".join(command))
+    return subprocess.call(command, env=env)
 
 
 def launch_command(devices: Sequence[int], argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:

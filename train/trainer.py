@@ -33,7 +33,7 @@ from edge_yolov9.preprocess import load_image
 
 from .augment import Annotated, AugmentConfig, augment, resize_to_fit
 from . import distributed
-from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
+from .checkpoint import plain_state_dict, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .data import DataConfig, Sample, list_split, load_data_config
 from .evaluate import Metrics, TorchPredictor, evaluate, load_eval_set
 from .loss import DetectionLoss, LossConfig
@@ -490,7 +490,7 @@ class Trainer:
                 "map50_95": self.history[-1].map50_95, "map50": self.history[-1].map50}
         if self.weights_license:
             meta["weights_license"] = self.weights_license
-        state = {"train_model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+        state = {"train_model": plain_state_dict(self.model),
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "ema_updates": self.ema.updates, "epoch": epoch, "best_fitness": self.best_fitness,
                  "history": [asdict(h) for h in self.history], "train_config": asdict(self.cfg)}
@@ -596,8 +596,9 @@ class Trainer:
             losses, throughput, lr = self.train_epoch(epoch)
             if self.world.main:  # validation, checkpoints and results: rank 0's, while the others wait
                 self._finish_epoch(epoch, losses, throughput, lr, started)
-            self.cfg.epochs = distributed.broadcast(self.cfg.epochs, self.world)  # a time budget may change it
-            distributed.barrier(self.world)
+            # Rank 0's epoch count (a time budget or patience may change it); the broadcast also holds the other
+            # ranks until rank 0 has validated and saved.
+            self.cfg.epochs = distributed.broadcast(self.cfg.epochs, self.world)
             epoch += 1
         return self.run_dir / "best.pt"
 
@@ -683,24 +684,6 @@ def plot_results(history: list[EpochResult], run_dir: Path) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     return Trainer(cfg).fit()
-
-
-def launch(devices: str, argv: list[str]) -> int:
-    """``--device 0,1``: the same command under torchrun, one process per listed GPU; its exit code."""
-    import subprocess
-
-    if not torch.cuda.is_available():
-        raise EdgeYoloError(f"--device {devices} names CUDA devices, but CUDA is not available",
-                            "train on one device (--device cpu), or on CPUs with torchrun --nproc_per_node N -m "
-                            "edge_yolov9.cli train --device cpu ...")
-    try:
-        gpus = [int(d) for d in devices.split(",") if d.strip()]
-    except ValueError:
-        raise EdgeYoloError(f"--device {devices}: a list of devices is of CUDA device numbers",
-                            "write e.g. --device 0,1") from None
-    command, env = distributed.launch_command(gpus, argv)
-    logger.info("Starting %d processes: %s", len(gpus), " ".join(command))
-    return subprocess.call(command, env=env)
 
 
 def resume(path: str | os.PathLike) -> Path:
