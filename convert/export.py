@@ -37,6 +37,7 @@ from edge_yolov9.train.models import YOLO
 from edge_yolov9.train.models.deploy import deploy_model
 
 from . import frigate
+from .local_decompositions import local_decompositions
 from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ CLS_LOGIT_QPARAMS = (1 / 16, 0)
 # detector uses; the runtime never selects a logit at the floor), and the float model's score (2e-9) is
 # below every threshold the runtime accepts (edge_yolov9.decode.logit floors thresholds at 1e-7).
 PADDING_LOGIT = -20.0
-# The litert-torch releases whose forced re-traces are known to be needless (_skip_needless_decompositions):
-# the one pyproject pins.
-SKIP_DECOMPOSITIONS_IN = ("0.10.0",)
 
 
 class ConversionError(EdgeYoloError):
@@ -197,31 +195,6 @@ def _quiet_converter() -> Iterator[None]:
             litert_torch.config.show_progress = previous
 
 
-@contextlib.contextmanager
-def _skip_needless_decompositions() -> Iterator[None]:
-    """litert-torch 0.10 re-traces the whole graph in three ``run_decompositions`` calls per conversion, two of
-    them forced (``can_skip=False``) although by then the graph holds no op they would decompose; each re-trace
-    of the int8 graph takes many seconds. Here every call may skip when its own check finds nothing to
-    decompose. The .tflite is byte for byte the same (tests/test_convert_tflite.py); other litert-torch
-    versions run unchanged."""
-    import litert_torch
-    from litert_torch import fx_infra
-
-    if litert_torch.__version__ not in SKIP_DECOMPOSITIONS_IN:
-        yield
-        return
-    forced = fx_infra.safe_run_decompositions
-
-    def skippable(exported_program, decomp_table=None, can_skip=True):
-        return forced(exported_program, decomp_table, can_skip=True)
-
-    fx_infra.safe_run_decompositions = skippable
-    try:
-        yield
-    finally:
-        fx_infra.safe_run_decompositions = forced
-
-
 def _sample_input(imgsz: int | tuple[int, int]) -> torch.Tensor:
     height, width = InputSize.of(imgsz)
     return torch.zeros(1, height, width, 3)
@@ -241,7 +214,7 @@ def convert_float(model: YOLO, imgsz: int | tuple[int, int], layout: str = "raw"
     """Float32 TFLite of a deploy model: NHWC float input in [0, 1], float outputs in ``layout``."""
     import litert_torch
 
-    with _quiet_converter(), _skip_needless_decompositions(), torch.no_grad():
+    with _quiet_converter(), local_decompositions(), torch.no_grad():
         edge = litert_torch.convert(export_module(model, layout), (_sample_input(imgsz),))
         content = edge.model_content()
     return _finish(content, model, layout)
@@ -288,7 +261,7 @@ def lower_int8(calibrated: Calibrated) -> TFLiteModel:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    with torch.no_grad(), _quiet_converter(), _skip_needless_decompositions():
+    with torch.no_grad(), _quiet_converter(), local_decompositions():
         quantized = convert_pt2e(calibrated.prepared, fold_quantize=False)
         # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
         edge = litert_torch.convert(quantized, calibrated.sample,

@@ -468,32 +468,66 @@ def test_512_conversion(out512, coco128):
     assert detector.info.size == (512, 512) and timing.invoke > 0
 
 
-@pytest.mark.parametrize("variant, layout", [("float", "raw"), ("int8", "frigate")])
-def test_skipping_needless_decompositions_changes_no_byte(coco128, monkeypatch, variant, layout):
-    """The forced litert-torch re-traces that convert skips (export._skip_needless_decompositions) would not have
-    changed the model: the .tflite is byte for byte that of litert-torch as it comes (the float lowering, and the
-    int8 one with the Frigate layout's reshapes and concatenations)."""
+@pytest.mark.parametrize("variant, layout", [("float", "raw"), ("int8", "raw"), ("int8", "frigate")])
+def test_local_decompositions_change_no_byte(coco128, monkeypatch, caplog, variant, layout):
+    """litert-torch's decompositions done node by node (convert.local_decompositions) give the .tflite that
+    litert-torch as it comes gives, byte for byte: the float lowering, the int8 one, and the int8 one with the
+    Frigate layout's reshapes and concatenations."""
     import litert_torch
 
-    from edge_yolov9.convert import export
+    from edge_yolov9.convert import export, local_decompositions
     from edge_yolov9.convert.calibration import calibration_set
     from support.conversions import trained_like
 
-    if litert_torch.__version__ not in export.SKIP_DECOMPOSITIONS_IN:
-        pytest.fail(f"litert-torch {litert_torch.__version__}: check whether its forced re-traces are still needless "
-                    "and update SKIP_DECOMPOSITIONS_IN (or drop the skip)")
+    if litert_torch.__version__ not in local_decompositions.LOCAL_DECOMPOSITIONS_IN:
+        pytest.fail(f"litert-torch {litert_torch.__version__}: compare its safe_run_decompositions with "
+                    "convert.local_decompositions and update LOCAL_DECOMPOSITIONS_IN (or drop the module)")
     photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:4]
     model = export.prepare_for_export(trained_like(photos, csp_depth=1))
     calibration = calibration_set(coco128 / "images" / "train2017", 160, limit=2)
+    traced_nodes = []
+    splice = local_decompositions._splice
+    monkeypatch.setattr(local_decompositions, "_splice", lambda graph, node, *rest: (
+        traced_nodes.append(node.name), splice(graph, node, *rest)))
 
     def lowered() -> bytes:
         if variant == "float":
             return export.convert_float(model, 160, layout).to_bytes()
         return export.convert_int8(model, 160, calibration.inputs(), layout).to_bytes()
 
-    skipped = lowered()
-    monkeypatch.setattr(export, "SKIP_DECOMPOSITIONS_IN", ())
-    assert lowered() == skipped
+    caplog.set_level(logging.DEBUG, logger=local_decompositions.__name__)
+    local = lowered()
+    assert len(traced_nodes) > 50  # the convolutions, twice: the local path ran
+    assert not [r for r in caplog.records if "whole graph" in r.getMessage()]  # and never fell back
+    monkeypatch.setattr(local_decompositions, "LOCAL_DECOMPOSITIONS_IN", ())
+    assert lowered() == local
+
+
+def test_local_decompositions_fall_back_to_the_whole_graph(monkeypatch, caplog):
+    """A node the local trace cannot take sends the call back to litert-torch's whole-graph re-trace, which the
+    log says; the model is the same either way (a small float net with a convolution, pooling and upsampling)."""
+    import litert_torch
+
+    from edge_yolov9.convert import local_decompositions
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.AvgPool2d(2),
+                              torch.nn.Upsample(scale_factor=2.0), torch.nn.Conv2d(8, 4, 1)).eval()
+    sample = (torch.rand(1, 3, 32, 32),)
+
+    def lowered() -> bytes:
+        with local_decompositions.local_decompositions(), torch.no_grad():
+            return litert_torch.convert(net, sample).model_content()
+
+    local = lowered()
+
+    def cannot(node, *_):
+        raise local_decompositions._CannotDecomposeLocally(f"{node.name} refused by the test")
+
+    monkeypatch.setattr(local_decompositions, "_trace_node", cannot)
+    caplog.set_level(logging.DEBUG, logger=local_decompositions.__name__)
+    assert lowered() == local
+    assert any("whole graph" in r.getMessage() and "refused by the test" in r.getMessage() for r in caplog.records)
 
 
 def test_streaming_histogram_observer_matches_torchao_call_for_call():
