@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from typing import Mapping
 
 import torch
@@ -48,6 +49,12 @@ _LAYOUT_OPS = (aten.permute.default, aten.permute_copy.default, aten.reshape.def
 # Ops whose output takes its input's quantization parameters (no requantization).
 _SHARED_QPARAMS_OPS = (aten.avg_pool2d.default, aten.reshape.default)
 _FIXED_OUTPUT_OPS = (aten.sigmoid.default, aten.softmax.int, aten._softmax.default)
+_QUANTILE_STEP = 1e-5  # torchao HistogramObserver's search granularity
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32, as torch rounds a Python number compared with a float32 tensor."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 class StreamingHistogramObserver(HistogramObserver):
@@ -78,6 +85,45 @@ class StreamingHistogramObserver(HistogramObserver):
         self.max_val.detach_().resize_(new_max.shape).copy_(new_max)
         self._seen_range = (new_low, new_high)
         return x_orig
+
+    def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parent's search for the range of least L2 quantization error, in a fraction of its time (most of
+        ``convert_pt2e``'s): a constant activation (zero-width bins, where the parent steps through all 10^5
+        quantiles for a range it cannot change) is answered at once; otherwise the search runs on the cumulative
+        histogram as Python floats instead of indexing a tensor at each of its thousands of steps."""
+        bin_width = (self.max_val - self.min_val) / self.bins
+        start, end = (0, self.bins - 1) if bin_width.item() == 0.0 else self._least_error_bins()
+        return self.min_val + bin_width * start, self.min_val + bin_width * (end + 1)
+
+    def _least_error_bins(self) -> tuple[int, int]:
+        """The parent's steps: both quantiles move inwards by 1e-5, the side that gains more bins moves, until
+        the error of quantizing on the bins between grows. Each quantile's count is rounded to float32 before it
+        is compared, as the parent's float32 tensor comparison does: the same bins come out."""
+        total = torch.sum(self.histogram).item()
+        cumulative = torch.cumsum(self.histogram, dim=0).tolist()
+        low_quantile, high_quantile = 0.0, 1.0
+        start, end = 0, self.bins - 1
+        least_error = math.inf
+        while low_quantile < high_quantile:
+            next_low, next_high = low_quantile + _QUANTILE_STEP, high_quantile - _QUANTILE_STEP
+            below, above = _float32(next_low * total), _float32(next_high * total)
+            left, right = start, end
+            while left < end and cumulative[left] < below:
+                left += 1
+            while right > start and cumulative[right] > above:
+                right -= 1
+            new_start, new_end = start, end
+            if left - start > end - right:
+                new_start, low_quantile = left, next_low
+            else:
+                new_end, high_quantile = right, next_high
+            if (new_start, new_end) == (start, end):
+                continue
+            error = self._compute_quantization_error(new_start, new_end)
+            if error > least_error:
+                break
+            least_error, start, end = error, new_start, new_end
+        return start, end
 
 
 class WeightMinMaxObserver(PerChannelMinMaxObserver):

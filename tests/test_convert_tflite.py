@@ -549,6 +549,34 @@ def test_streaming_histogram_observer_matches_torchao_call_for_call():
     assert [t.tolist() for t in fast.calculate_qparams()] == [t.tolist() for t in stock.calculate_qparams()]
 
 
+def test_range_search_finds_torchao_ranges():
+    """The least-error range search of StreamingHistogramObserver gives torchao's, bit for bit, on histograms of
+    every shape a network makes: bell-shaped, heavy-tailed, one-sided (after an activation), a spike with far
+    outliers, a handful of values, a constant (where torchao steps through all its quantiles), and a count whose
+    first quantile (1e-5 of 1e8 = 1000.0000000000001) float32 rounds onto a bin's cumulative count."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from edge_yolov9.convert.quantizer import StreamingHistogramObserver
+
+    torch.manual_seed(0)
+    shapes = [torch.randn(20000), torch.randn(20000) ** 3, torch.nn.functional.silu(torch.randn(20000) * 4),
+              torch.cat([torch.zeros(20000), torch.tensor([40.0, -35.0])]), torch.tensor([0.1, 0.2, 5.0]),
+              torch.full((5000,), 0.5)]
+    for scale in (1e-3, 1.0, 300.0):
+        for values in shapes:
+            observer = StreamingHistogramObserver(eps=2 ** -12)
+            observer(values * scale)
+            observer(values * scale * 1.25)
+            ours = observer._non_linear_param_search()
+            assert [t.item() for t in ours] == [t.item() for t in HistogramObserver._non_linear_param_search(observer)]
+    rounded = StreamingHistogramObserver(eps=2 ** -12)
+    rounded(torch.tensor([0.0, 1.0]))
+    rounded.histogram.zero_()
+    rounded.histogram[0], rounded.histogram[-1] = 1000.0, 1e8 - 1000.0
+    ours = rounded._non_linear_param_search()
+    assert [t.item() for t in ours] == [t.item() for t in HistogramObserver._non_linear_param_search(rounded)]
+
+
 def test_weight_observer_skips_only_an_unchanged_tensor():
     from edge_yolov9.convert.quantizer import WeightMinMaxObserver
 
@@ -566,9 +594,11 @@ def test_weight_observer_skips_only_an_unchanged_tensor():
 
 
 def test_calibration_ends_in_the_state_torchao_observers_give(coco128, monkeypatch):
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
     """The quantizer's own observers (convert.quantizer) leave calibration on real photos in exactly the state
-    torchao's would: every histogram, range and per-channel weight min/max equal, so the int8 model is the
-    same."""
+    torchao's would: every histogram, range and per-channel weight min/max equal, and the quantization parameters
+    searched from them too, so the int8 model is the same."""
     from edge_yolov9.convert import export, quantizer
     from edge_yolov9.convert.calibration import calibration_set
     from support.conversions import trained_like
@@ -577,18 +607,21 @@ def test_calibration_ends_in_the_state_torchao_observers_give(coco128, monkeypat
     model = export.prepare_for_export(trained_like(photos, csp_depth=1))
     calibration = calibration_set(coco128 / "images" / "train2017", 160, limit=6)
 
-    def calibrated() -> tuple[set[str], dict]:
+    def calibrated() -> tuple[set[str], dict, list]:
         prepared = export.calibrate_int8(model, 160, calibration.inputs()).prepared
-        return {type(m).__name__ for m in prepared.modules()}, prepared.state_dict()
+        qparams = [[t.tolist() for t in m.calculate_qparams()] for m in prepared.modules()
+                   if isinstance(m, HistogramObserver)]
+        return {type(m).__name__ for m in prepared.modules()}, prepared.state_dict(), qparams
 
-    kinds, ours = calibrated()
+    kinds, ours, our_qparams = calibrated()
     monkeypatch.setattr(quantizer, "_with_observer", lambda spec, observer: spec)
-    stock_kinds, stock = calibrated()
+    stock_kinds, stock, stock_qparams = calibrated()
     assert {"StreamingHistogramObserver", "WeightMinMaxObserver"} <= kinds
     assert not kinds & {"HistogramObserver", "PerChannelMinMaxObserver"}
     assert {"HistogramObserver", "PerChannelMinMaxObserver"} <= stock_kinds
     assert ours.keys() == stock.keys() and len(ours) > 100
     assert [key for key in ours if not torch.equal(ours[key], stock[key])] == []
+    assert our_qparams == stock_qparams and len(our_qparams) > 50
 
 
 def test_errors_cross_a_process_boundary_whole():
