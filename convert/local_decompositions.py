@@ -155,9 +155,6 @@ def run_decompositions_locally(exported_program: torch.export.ExportedProgram, d
     decomposition changes; ``whole_graph`` is litert-torch's own, for what cannot be done locally."""
     from litert_torch.fx_infra import _safe_run_decompositions as litert_decompositions
     from torch._guards import detect_fake_mode
-    from torch.export.exported_program import _split_decomp_table_to_cia_and_python_decomp
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-    from torch.fx.traceback import NodeSource, NodeSourceAction
 
     table = litert_decompositions._DUMMY_DECOMP_TABLE if decomp_table is not None and not decomp_table \
         else decomp_table
@@ -177,22 +174,26 @@ def run_decompositions_locally(exported_program: torch.export.ExportedProgram, d
         return whole_graph(exported_program, decomp_table, can_skip)
     for node in graph.nodes:
         node.meta = dict(node.meta)  # litert-torch's layout pass shares one dict between several nodes
-    cia_table, python_table = _split_decomp_table_to_cia_and_python_decomp(dict(table))
-    try:
+    try:  # torch internals (the whole-graph re-trace's own): a torch without them decomposes the whole graph
+        from torch.export.exported_program import _split_decomp_table_to_cia_and_python_decomp
+        from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+        from torch.fx.traceback import NodeSource, NodeSourceAction
+
+        cia_table, python_table = _split_decomp_table_to_cia_and_python_decomp(dict(table))
         with fake_mode:
             # the shapes the nodes have now: the layout pass rewrote nodes without updating their metadata
             FakeTensorProp(exported_program.graph_module, fake_mode).propagate_dont_convert_inputs(*inputs)
         with _tracing(fake_mode, cia_table):
             traced = {node: _trace_node(node, target, python_table) for node, target in targets.items()}
+        # provenance as the whole-graph re-trace records it: every node made anew from the node it was
+        sources = {node: [NodeSource(node, "", NodeSourceAction.CREATE)] for node in graph.nodes
+                   if node.op == "call_function"}
     except _CannotDecomposeLocally as reason:
         logger.debug("Decomposing the whole graph: %s", reason)
         return whole_graph(exported_program, decomp_table, can_skip)
     except Exception as error:  # no node has changed yet (only their shapes were refreshed): litert-torch's way
         logger.warning("Decomposing the whole graph (slower) after a failed local decomposition: %r", error)
         return whole_graph(exported_program, decomp_table, can_skip)
-    # provenance as the whole-graph re-trace records it: every node made anew from the node it was
-    sources = {node: [NodeSource(node, "", NodeSourceAction.CREATE)] for node in graph.nodes
-               if node.op == "call_function"}
     for node, subgraph in traced.items():
         _splice(graph, node, subgraph, sources.pop(node))
     for node, source in sources.items():

@@ -503,9 +503,11 @@ def test_local_decompositions_change_no_byte(coco128, monkeypatch, caplog, varia
     assert lowered() == local
 
 
-def test_local_decompositions_fall_back_to_the_whole_graph(monkeypatch, caplog):
-    """A node the local trace cannot take sends the call back to litert-torch's whole-graph re-trace, which the
-    log says; the model is the same either way (a small float net with a convolution, pooling and upsampling)."""
+@pytest.mark.parametrize("refusal", ["cannot", "crash"])
+def test_local_decompositions_fall_back_to_the_whole_graph(monkeypatch, caplog, refusal):
+    """A node the local trace cannot take, or a local trace that fails (a torch whose internals moved), sends the
+    call back to litert-torch's whole-graph re-trace, which the log says; the model is the same either way (a
+    small float net with a convolution, pooling and upsampling)."""
     import litert_torch
 
     from edge_yolov9.convert import local_decompositions
@@ -522,7 +524,8 @@ def test_local_decompositions_fall_back_to_the_whole_graph(monkeypatch, caplog):
     local = lowered()
 
     def cannot(node, *_):
-        raise local_decompositions._CannotDecomposeLocally(f"{node.name} refused by the test")
+        error = local_decompositions._CannotDecomposeLocally if refusal == "cannot" else RuntimeError
+        raise error(f"{node.name} refused by the test")
 
     monkeypatch.setattr(local_decompositions, "_trace_node", cannot)
     caplog.set_level(logging.DEBUG, logger=local_decompositions.__name__)
