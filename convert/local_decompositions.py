@@ -167,14 +167,13 @@ def run_decompositions_locally(exported_program: torch.export.ExportedProgram, d
     for node in graph.nodes:
         if node.target == torch.ops.aten.view.default:
             targets[node] = _reshape_contiguous
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    inputs = [n.meta.get("val") for n in placeholders]
-    fake_mode = detect_fake_mode([v for v in inputs if isinstance(v, torch.Tensor)])
-    if fake_mode is None or not all(isinstance(v, torch.Tensor) for v in inputs):
-        return whole_graph(exported_program, decomp_table, can_skip)
+    inputs = [n.meta.get("val") for n in graph.nodes if n.op == "placeholder"]
     for node in graph.nodes:
         node.meta = dict(node.meta)  # litert-torch's layout pass shares one dict between several nodes
     try:  # torch internals (the whole-graph re-trace's own): a torch without them decomposes the whole graph
+        fake_mode = detect_fake_mode([v for v in inputs if isinstance(v, torch.Tensor)])
+        if fake_mode is None or not all(isinstance(v, torch.Tensor) for v in inputs):
+            raise _CannotDecomposeLocally("the program's inputs are not all fake tensors")
         from torch.export.exported_program import _split_decomp_table_to_cia_and_python_decomp
         from torch.fx.passes.fake_tensor_prop import FakeTensorProp
         from torch.fx.traceback import NodeSource, NodeSourceAction

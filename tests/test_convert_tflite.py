@@ -565,19 +565,21 @@ def test_range_search_finds_torchao_ranges():
     shapes = [torch.randn(20000), torch.randn(20000) ** 3, torch.nn.functional.silu(torch.randn(20000) * 4),
               torch.cat([torch.zeros(20000), torch.tensor([40.0, -35.0])]), torch.tensor([0.1, 0.2, 5.0]),
               torch.full((5000,), 0.5)]
+    observers = []
     for scale in (1e-3, 1.0, 300.0):
         for values in shapes:
             observer = StreamingHistogramObserver(eps=2 ** -12)
             observer(values * scale)
             observer(values * scale * 1.25)
-            ours = observer._non_linear_param_search()
-            assert [t.item() for t in ours] == [t.item() for t in HistogramObserver._non_linear_param_search(observer)]
+            observers.append(observer)
     rounded = StreamingHistogramObserver(eps=2 ** -12)
     rounded(torch.tensor([0.0, 1.0]))
     rounded.histogram.zero_()
     rounded.histogram[0], rounded.histogram[-1] = 1000.0, 1e8 - 1000.0
-    ours = rounded._non_linear_param_search()
-    assert [t.item() for t in ours] == [t.item() for t in HistogramObserver._non_linear_param_search(rounded)]
+    observers.append(rounded)
+    for observer in observers:
+        ours = observer._non_linear_param_search()
+        assert [t.item() for t in ours] == [t.item() for t in HistogramObserver._non_linear_param_search(observer)]
 
 
 def test_weight_observer_skips_only_an_unchanged_tensor():
@@ -597,11 +599,11 @@ def test_weight_observer_skips_only_an_unchanged_tensor():
 
 
 def test_calibration_ends_in_the_state_torchao_observers_give(coco128, monkeypatch):
-    from torchao.quantization.pt2e.observer import HistogramObserver
-
     """The quantizer's own observers (convert.quantizer) leave calibration on real photos in exactly the state
     torchao's would: every histogram, range and per-channel weight min/max equal, and the quantization parameters
     searched from them too, so the int8 model is the same."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
     from edge_yolov9.convert import export, quantizer
     from edge_yolov9.convert.calibration import calibration_set
     from support.conversions import trained_like
