@@ -237,7 +237,7 @@ def calibrate_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Itera
     [0, 1], letterboxed as at run time."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from .quantizer import EdgeQuantizer
+    from .quantizer import EdgeQuantizer, ObserverPipeline
 
     sample = (_sample_input(imgsz),)
     fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model, layout)) if spec.kind == "cls"}
@@ -246,9 +246,11 @@ def calibrate_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Itera
         with _quiet_converter():
             prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(), quantizer)
         start, seen = time.monotonic(), 0
-        for image in calibration:
-            prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
-            seen += 1
+        with ObserverPipeline(prepared) as observers:
+            for image in calibration:
+                prepared(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+                observers.image_done()
+                seen += 1
     if seen == 0:
         raise ConversionError("No calibration input was given", "pass --calib with representative images")
     logger.info("Calibrated on %d images in %.0f s", seen, time.monotonic() - start)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
 import struct
+import threading
 from typing import Mapping
 
 import torch
@@ -30,6 +32,7 @@ from litert_torch.quantize.pt2e_quantizer_utils import (
     get_output_act_qspec,
     propagate_annotation,
 )
+from torch import nn
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.observer import HistogramObserver, PerChannelMinMaxObserver
 from torchao.quantization.pt2e.quantizer import (
@@ -62,7 +65,15 @@ class StreamingHistogramObserver(HistogramObserver):
     histogram and one in-place add while the range holds (the parent compares and copies 0-dim tensors a
     dozen times). A range that grows goes through the parent's re-binning, so the state is the parent's."""
 
+    _deferred: list | None = None  # set by ObserverPipeline: calls are queued there, observed on its threads
+
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if self._deferred is not None:
+            self._deferred.append((self, x_orig))
+            return x_orig
+        return self.observe(x_orig)
+
+    def observe(self, x_orig: torch.Tensor) -> torch.Tensor:
         if x_orig.numel() == 0:
             return x_orig
         x = x_orig.detach()
@@ -124,6 +135,79 @@ class StreamingHistogramObserver(HistogramObserver):
                 break
             least_error, start, end = error, new_start, new_end
         return start, end
+
+
+class ObserverPipeline:
+    """Calibration with the histogram observers on threads of their own, beside the network's forward passes.
+
+    On the calling thread each image's forward pass only queues what the StreamingHistogramObservers of ``model``
+    are given; ``image_done`` hands the queue to the observer threads, each observer always to the same thread,
+    and the next image's forward pass runs while they observe. Every observer gets the same tensors in the same
+    order as inline, so it ends in the same state. The torch threads are split between the forward pass and the
+    observers (a histogram runs best on one thread), and at most a few images' activations wait in memory.
+    """
+
+    def __init__(self, model: nn.Module, threads: int | None = None) -> None:
+        self.observers = [m for m in model.modules() if isinstance(m, StreamingHistogramObserver)]
+        threads = threads or torch.get_num_threads()
+        self.forward_threads = max(1, threads // 2)
+        self.queues: list[queue.Queue] = [queue.Queue(maxsize=1) for _ in range(max(2, threads - self.forward_threads))]
+        self.pending: list[tuple[StreamingHistogramObserver, torch.Tensor]] = []
+        self.owners: dict[int, int] = {}  # id(observer) -> its thread
+        self.loads = [0] * len(self.queues)  # elements per image observed on each thread
+        self.failure: BaseException | None = None
+        self.started = threading.Barrier(len(self.queues) + 1)
+        self.workers = [threading.Thread(target=self._observe, args=(jobs,), name=f"calibration observers {k}",
+                                         daemon=True) for k, jobs in enumerate(self.queues)]
+        self.previous_threads = torch.get_num_threads()
+
+    def __enter__(self) -> "ObserverPipeline":
+        for observer in self.observers:
+            observer._deferred = self.pending
+        for worker in self.workers:
+            worker.start()
+        self.started.wait()  # the workers have set their own thread count; this thread's is set last
+        torch.set_num_threads(self.forward_threads)
+        return self
+
+    def image_done(self) -> None:
+        """Hand the observations of the image just run to the observer threads; raises what one of them raised."""
+        batches: list[list] = [[] for _ in self.queues]
+        for observer, tensor in self.pending:
+            owner = self.owners.get(id(observer))
+            if owner is None:  # first seen: to the least loaded thread
+                owner = self.owners[id(observer)] = self.loads.index(min(self.loads))
+                self.loads[owner] += tensor.numel()
+            batches[owner].append((observer, tensor))
+        self.pending.clear()
+        for jobs, batch in zip(self.queues, batches):
+            jobs.put(batch)
+        if self.failure is not None:
+            raise self.failure
+
+    def __exit__(self, *exc_info: object) -> None:
+        for jobs in self.queues:
+            jobs.put(None)
+        for worker in self.workers:
+            worker.join()
+        for observer in self.observers:
+            observer._deferred = None
+        torch.set_num_threads(self.previous_threads)
+        if self.failure is not None and exc_info[0] is None:
+            raise self.failure
+
+    def _observe(self, jobs: queue.Queue) -> None:
+        torch.set_num_threads(1)
+        self.started.wait()
+        with torch.no_grad():
+            while (batch := jobs.get()) is not None:
+                if self.failure is not None:
+                    continue  # drain: the calling thread raises
+                try:
+                    for observer, tensor in batch:
+                        observer.observe(tensor)
+                except BaseException as err:  # noqa: BLE001: raised on the calling thread
+                    self.failure = err
 
 
 class WeightMinMaxObserver(PerChannelMinMaxObserver):

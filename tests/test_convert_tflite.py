@@ -552,6 +552,67 @@ def test_streaming_histogram_observer_matches_torchao_call_for_call():
     assert [t.tolist() for t in fast.calculate_qparams()] == [t.tolist() for t in stock.calculate_qparams()]
 
 
+class _TwoObservers(torch.nn.Module):
+    """Two histogram observers, the first one called twice per input (as a shared observer is in a graph)."""
+
+    def __init__(self) -> None:
+        from edge_yolov9.convert.quantizer import StreamingHistogramObserver
+
+        super().__init__()
+        self.first, self.second = StreamingHistogramObserver(eps=2 ** -12), StreamingHistogramObserver(eps=2 ** -12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x) * 2 + self.first(x.flip(0)))
+
+
+def test_observer_pipeline_leaves_the_observers_in_their_inline_state():
+    """Observed on the pipeline's threads, each observer ends exactly as when called inline: same calls in the same
+    order, ranges that grow between images included; the torch thread count is given back."""
+    from edge_yolov9.convert.quantizer import ObserverPipeline
+
+    torch.manual_seed(0)
+    images = [torch.randn(2000) * scale + shift for scale, shift in ((1, 0), (3, 1), (0.5, 0), (6, -4), (2, 2))]
+    inline, pipelined = _TwoObservers(), _TwoObservers()
+    for x in images:
+        inline(x)
+    threads = torch.get_num_threads()
+    with ObserverPipeline(pipelined, threads=2) as observers:
+        assert len(observers.queues) == 2 and torch.get_num_threads() == 1
+        for x in images:
+            pipelined(x)
+            observers.image_done()
+    assert torch.get_num_threads() == threads
+    assert len(set(observers.owners.values())) == 2  # both threads observed
+    for ours, theirs in ((pipelined.first, inline.first), (pipelined.second, inline.second)):
+        assert ours._deferred is None
+        assert torch.equal(ours.histogram, theirs.histogram) and ours.histogram.sum() > 0
+        assert (ours.min_val.item(), ours.max_val.item()) == (theirs.min_val.item(), theirs.max_val.item())
+
+
+def test_observer_pipeline_raises_an_observer_thread_error_on_the_calling_thread():
+    """An observer that fails on its thread stops the calibration with its own error, no thread left hanging."""
+    from edge_yolov9.convert.quantizer import ObserverPipeline
+
+    net = _TwoObservers()
+    calls = []
+
+    def failing(tensor: torch.Tensor) -> torch.Tensor:
+        calls.append(tensor)
+        if len(calls) == 3:
+            raise MemoryError("observer ran out of memory")
+        return tensor
+
+    net.second.observe = failing
+    pipeline = ObserverPipeline(net, threads=2)
+    with pytest.raises(MemoryError, match="observer ran out"):
+        with pipeline as observers:
+            for _ in range(20):
+                net(torch.randn(100))
+                observers.image_done()
+    assert len(calls) == 3 and not any(worker.is_alive() for worker in pipeline.workers)
+    assert net.first._deferred is None and net.second._deferred is None
+
+
 def test_range_search_finds_torchao_ranges():
     """The least-error range search of StreamingHistogramObserver gives torchao's, bit for bit, on histograms of
     every shape a network makes: bell-shaped, heavy-tailed, one-sided (after an activation), a spike with far
