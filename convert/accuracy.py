@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from edge_yolov9.errors import ModelError
 from edge_yolov9.model_file import InputSize
@@ -184,13 +184,17 @@ def score(val_set: ValSet, name: str, file: str, predictor: BatchPredictor, *, b
 
 
 def score_references(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, *,
-                     threads: int | None = None, clock: StageClock | None = None) -> tuple[ModelAccuracy, ModelAccuracy]:
+                     threads: Callable[[], int | None] = lambda: None, clock: StageClock | None = None
+                     ) -> tuple[ModelAccuracy, ModelAccuracy]:
     """What the int8 model is compared with: the deploy-form PyTorch model (from ``checkpoint``) and the float
-    TFLite, at the float model's input size; ``threads`` for the interpreter (None: all cores)."""
-    float_predictor = TFLitePredictor(float_model, threads=threads)
+    TFLite, at the float model's input size. ``threads()`` is the thread count to take (None: torch's setting,
+    all cores for the interpreter), asked as the interpreter starts and before each PyTorch batch: the PyTorch
+    model comes last, so that it can take more threads as they become free."""
+    float_predictor = TFLitePredictor(float_model, threads=threads())
     imgsz = InputSize(*float_predictor.detector.info.size)
-    return (score(val_set, "PyTorch fp32", checkpoint.name, TorchPredictor(deployed, imgsz), clock=clock),
-            score(val_set, "float TFLite", float_model.name, float_predictor, clock=clock))
+    float_tflite = score(val_set, "float TFLite", float_model.name, float_predictor, clock=clock)
+    pytorch = TorchPredictor(deployed, imgsz, threads=threads)
+    return score(val_set, "PyTorch fp32", checkpoint.name, pytorch, clock=clock), float_tflite
 
 
 def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, int8_model: Path, *,

@@ -1,23 +1,29 @@
-"""The float half of a conversion, in a second process beside the int8 lowering.
+"""The float half of a conversion, in a second process beside the int8 half.
 
-The int8 lowering (litert-torch tracing the quantized graph) is pure Python: it keeps one core busy for a
-third of a conversion and leaves the others idle. The float lowering and the two reference scores of the
-accuracy report (PyTorch, float TFLite) need nothing from the int8 model, so a worker process does them on
-an idle core meanwhile. The worker starts with the int8 lowering, not before: its imports would slow the
-calibration, which keeps both cores busy. On a single core, or when the worker dies, the same steps run in
-this process.
+The float lowering and the two reference scores of the accuracy report (PyTorch, float TFLite) need nothing
+from the int8 model, so a worker process does them on whatever core this process leaves idle: it is spawned
+as the conversion starts and runs at the lowest CPU priority, so its imports and work fill the gaps (the
+single-threaded graph export before calibration, the int8 lowering, which is pure Python) without slowing
+calibration, which keeps every core busy. When this process has nothing left to do but wait, the worker
+takes all cores for the scores still to come. On a single core, or when the worker dies, the same steps run
+in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import pickle
+import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
 
 from edge_yolov9.train.models import YOLO
 
@@ -29,6 +35,7 @@ from .stages import StageClock
 logger = logging.getLogger(__name__)
 
 BESIDE = "beside: "  # prefix of the worker's stage names in the stage summary
+WORKER_NICENESS = 19  # the lowest priority: the worker runs only where this process leaves a core idle
 
 
 @dataclass(frozen=True)
@@ -49,14 +56,14 @@ class FloatResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_float_job(job: FloatJob, threads: int | None = None) -> FloatResult:
-    """Float lowering, then the reference scores; ``threads`` for torch and the interpreter (None: unchanged)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+def run_float_job(job: FloatJob, threads: Callable[[], int | None] = lambda: None) -> FloatResult:
+    """Float lowering, then the reference scores; ``threads()``, asked as each step starts, the threads that
+    step takes (None: unchanged)."""
     clock = StageClock()
     with clock.stage("float lowering"):
+        count = threads()
+        if count is not None:
+            torch.set_num_threads(count)
         float_model = convert_float(job.deployed, job.describe["imgsz"], job.describe["layout"])
         save_with_metadata(float_model, job.path, build_metadata(float_model, variant="float", **job.describe))
     references = None
@@ -66,11 +73,18 @@ def run_float_job(job: FloatJob, threads: int | None = None) -> FloatResult:
     return FloatResult(job.path, references, clock.seconds)
 
 
-def _work(job: bytes, results: Connection, log_level: int) -> None:
-    """The worker process: one core beside the int8 lowering's one; the result, or the error, sent back."""
+def _work(jobs: Connection, results: Connection, log_level: int, parent_waiting: Event) -> None:
+    """The worker process: the job when it comes, on one core until the parent waits for it; the result, or the
+    error, sent back."""
     logging.basicConfig(level=log_level, format="%(message)s")
     try:
-        outcome: FloatResult | BaseException = run_float_job(pickle.loads(job), threads=1)
+        job = pickle.loads(jobs.recv_bytes())
+    except EOFError:
+        return  # the conversion ended before it handed the float half over
+    cores = os.cpu_count() or 1
+    try:
+        outcome: FloatResult | BaseException = run_float_job(
+            job, threads=lambda: cores if parent_waiting.is_set() else 1)
     except BaseException as err:  # noqa: BLE001: handed to the parent, which raises it
         outcome = err
     try:
@@ -80,37 +94,54 @@ def _work(job: bytes, results: Connection, log_level: int) -> None:
 
 
 class FloatBranch:
-    """The float half of one conversion: ``start`` hands the job to a spawned worker process (no fork of a
-    process running torch threads), ``result`` waits for it. A worker that dies (out of memory, a crash in
-    native code) costs time, not the conversion: the job is rerun here, with a warning. ``in_process`` runs the
-    job at ``start`` instead (default: on a machine with one core)."""
+    """The float half of one conversion. ``spawn`` starts the worker process early (spawned: no fork of a process
+    running torch threads), ``start`` hands it the job, ``result`` waits for it. A worker that dies (out of
+    memory, a crash in native code) costs time, not the conversion: the job is rerun here, with a warning.
+    ``in_process`` runs the job at ``start`` instead (default: on a machine with one core)."""
 
     def __init__(self, in_process: bool | None = None) -> None:
         self.in_process = (os.cpu_count() or 1) < 2 if in_process is None else in_process
         self.job: FloatJob | None = None
         self.done: FloatResult | None = None
         self.process: multiprocessing.process.BaseProcess | None = None
+        self.jobs: Connection | None = None
         self.results: Connection | None = None
+        self.parent_waiting: Event | None = None
+
+    def spawn(self) -> None:
+        """Start the worker now, at the lowest CPU priority; it waits for ``start``'s job."""
+        if self.in_process or self.process is not None:
+            return
+        context = multiprocessing.get_context("spawn")
+        self.results, result_sender = context.Pipe(duplex=False)
+        job_receiver, self.jobs = context.Pipe(duplex=False)
+        self.parent_waiting = context.Event()
+        log_level = logging.getLogger("edge_yolov9").getEffectiveLevel()
+        self.process = context.Process(target=_work, name="edge-yolov9 float half", daemon=True,
+                                       args=(job_receiver, result_sender, log_level, self.parent_waiting))
+        self.process.start()
+        with contextlib.suppress(AttributeError, OSError):  # no priorities on this system: it just competes
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, WORKER_NICENESS)
+        result_sender.close()  # the worker holds the only sending end: its death ends the pipe
+        job_receiver.close()
 
     def start(self, job: FloatJob) -> None:
         self.job = job
         if self.in_process:
             self.done = run_float_job(job)
             return
-        context = multiprocessing.get_context("spawn")
-        self.results, sender = context.Pipe(duplex=False)
+        self.spawn()
         # The job goes as plain pickle bytes: through multiprocessing, torch would share every weight tensor as a
         # shared-memory file descriptor, hundreds of them, held open in this process after the worker is gone.
-        self.process = context.Process(target=_work, name="edge-yolov9 float half", daemon=True,
-                                       args=(pickle.dumps(job), sender,
-                                             logging.getLogger("edge_yolov9").getEffectiveLevel()))
-        self.process.start()
-        sender.close()  # the worker holds the only sending end: its death ends the pipe
+        # Sent from a thread: the worker reads it only once its imports are done, at its low priority.
+        threading.Thread(target=_send, args=(self.jobs, pickle.dumps(job)), name="edge-yolov9 float job",
+                         daemon=True).start()
 
     def result(self) -> FloatResult:
         assert self.job is not None, "start() first"
         if self.done is not None:
             return self.done
+        self.parent_waiting.set()
         try:
             outcome = self.results.recv()
         except EOFError:
@@ -130,5 +161,11 @@ class FloatBranch:
             if self.process.is_alive():
                 self.process.terminate()
             self.process.join()
+            self.jobs.close()
             self.results.close()
             self.process = None
+
+
+def _send(connection: Connection, payload: bytes) -> None:
+    with contextlib.suppress(OSError):  # the worker is gone: result() reruns the job here
+        connection.send_bytes(payload)

@@ -165,16 +165,12 @@ def convert_checkpoint(options: ConvertOptions) -> ConvertResult:
             compiler_missing = err
     check_layout(model, labels, options.layout)
     float_branch = FloatBranch()
+    float_branch.spawn()  # its imports run while this process loads and transforms the model
     try:
         with clock.stage("load"):
             val_set = find_val_set(options.calib, options.val, labels) if options.accuracy else None
         with clock.stage("deploy transform"):
             deployed = prepare_for_export(model)
-        with clock.stage("outlier pass"):
-            calibration = calibration.without_outliers(deployed)
-        logger.info("Converting %s (%s) at %s, calibrating on %d images from %s", model.cfg.name,
-                    plural(len(labels), "class"), imgsz, len(calibration.images), calibration.source)
-
         staging = _Staging.open(options.out_dir)
         try:
             result = _convert_into(staging.path, deployed, labels, calibration, options, compiler, val_set, clock,
@@ -211,13 +207,17 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
                     layout=options.layout, checkpoint=options.checkpoint,
                     checkpoint_sha256=file_sha256(options.checkpoint), weights_license=weights_license)
 
+    float_branch.start(FloatJob(deployed, folder / FLOAT_MODEL, describe, val_set, options.checkpoint))
+    with clock.stage("outlier pass"):
+        calibration = calibration.without_outliers(deployed)
+    logger.info("Converting %s (%s) at %s, calibrating on %d images from %s", deployed.cfg.name,
+                plural(len(labels), "class"), calibration.imgsz, len(calibration.images), calibration.source)
     logger.info("Quantizing to int8: calibration, then conversion (the float model beside it)")
     inputs = tqdm(calibration.inputs(), total=len(calibration.images), desc="calibrating", unit="img", disable=None,
                   leave=False)
     with clock.stage("int8 calibration"):
         calibrated = calibrate_int8(deployed, calibration.imgsz, inputs, options.layout)
     with clock.stage("int8 lowering"):
-        float_branch.start(FloatJob(deployed, folder / FLOAT_MODEL, describe, val_set, options.checkpoint))
         int8_model = lower_int8(calibrated)
         if options.uint8_io:
             int8_model = int8_model.with_uint8_io()

@@ -316,16 +316,23 @@ def evaluate(eval_set: EvalSet, predict: BatchPredictor, *, batch_size: int = 8,
 
 class TorchPredictor:
     """A PyTorch YOLO as a :data:`BatchPredictor`: letterbox to the input size, raw head outputs
-    through the shared decoder + NMS, boxes mapped back to the original images. Puts ``model`` in eval mode."""
+    through the shared decoder + NMS, boxes mapped back to the original images. Puts ``model`` in eval mode;
+    ``threads()``, asked before each batch, sets torch's thread count for it (None: unchanged)."""
 
     def __init__(self, model: YOLO, imgsz: int | tuple[int, int] = 640, *,
-                 config: PostprocessConfig = PostprocessConfig.for_evaluation()):
+                 config: PostprocessConfig = PostprocessConfig.for_evaluation(),
+                 threads: Callable[[], int | None] = lambda: None):
         self.model = model.eval()
         self.imgsz = imgsz
         self.config = config
+        self.threads = threads
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         import torch  # here, so that scoring a TFLite model needs no torch
+
+        count = self.threads()
+        if count is not None:
+            torch.set_num_threads(count)
 
         canvases, placements = zip(*(letterbox(image, self.imgsz) for image in images))
         device = next(self.model.parameters()).device
