@@ -257,6 +257,53 @@ def test_416_with_uint8_io(out416, coco128):
     assert all(np.isfinite(o).all() for o in invoke(path, canvas))
 
 
+def test_a_float_worker_spawned_for_a_conversion_that_fails_first_leaves_nothing(tmp_path, ball_checkpoint):
+    """The worker is spawned as the conversion starts and given the float half before calibration; when the
+    conversion then fails (here: no calibration image can be read), the error is the conversion's, the worker is
+    stopped and nothing is written."""
+    import multiprocessing
+
+    from edge_yolov9.convert.pipeline import ConvertOptions, convert_checkpoint
+    from edge_yolov9.errors import DatasetError
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (calib / name).write_bytes(b"not an image")
+    before = multiprocessing.active_children()
+    with pytest.raises(DatasetError, match="None of the 2 calibration images"):
+        convert_checkpoint(ConvertOptions(checkpoint=ball_checkpoint, calib=calib, out_dir=tmp_path / "out",
+                                          imgsz=160, accuracy=False))
+    assert multiprocessing.active_children() == before and not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == [calib]  # no staging folder left either
+
+
+def test_the_pytorch_score_takes_the_threads_it_is_given_batch_by_batch(coco128):
+    """The float half's last score asks for its thread count before each batch: one core while the main process
+    works, all of them once it waits."""
+    from edge_yolov9.train.evaluate import TorchPredictor
+    from support.conversions import trained_like
+
+    photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:2]
+    offered, seen = iter([1, 2, None]), []
+
+    def threads() -> int | None:
+        count = next(offered)
+        seen.append(count)
+        return count
+
+    previous = torch.get_num_threads()
+    predictor = TorchPredictor(trained_like(photos, csp_depth=1), 160, threads=threads)
+    try:
+        counts = []
+        for _ in range(3):
+            predictor([np.asarray(Image.open(photos[0]).convert("RGB"))])
+            counts.append(torch.get_num_threads())
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [1, 2, None] and counts == [1, 2, 2]  # None leaves the count as it was
+
+
 # ------------------------------------------------------------------------------------- compile step
 @pytest.fixture
 def fast_pipeline(monkeypatch, out320):
@@ -436,7 +483,7 @@ def test_a_killed_float_worker_costs_time_not_the_conversion(tmp_path, coco128, 
     import signal
 
     from edge_yolov9.convert.export import output_specs, prepare_for_export
-    from edge_yolov9.convert.float_branch import FloatBranch, FloatJob
+    from edge_yolov9.convert.float_branch import WORKER_NICENESS, FloatBranch, FloatJob
     from support.conversions import trained_like
 
     photos = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:4]
@@ -454,6 +501,7 @@ def test_a_killed_float_worker_costs_time_not_the_conversion(tmp_path, coco128, 
         assert len(os.listdir("/proc/self/fd")) <= open_files + 8
         [worker] = multiprocessing.active_children()
         assert worker.pid != os.getpid() and worker.name == "edge-yolov9 float half"
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == WORKER_NICENESS  # it works where this process idles
         os.kill(worker.pid, signal.SIGKILL)
         with caplog.at_level("WARNING"):
             result = branch.result()
