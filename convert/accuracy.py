@@ -176,25 +176,26 @@ def announce(val_set: ValSet) -> None:
 
 
 def score(val_set: ValSet, name: str, file: str, predictor: BatchPredictor, *, batch_size: int = 8,
-          clock: StageClock | None = None) -> ModelAccuracy:
-    """COCO scores of one model (``predictor``) on ``val_set``, timed as stage ``accuracy: <name>``."""
+          clock: StageClock | None = None, progress: bool = True) -> ModelAccuracy:
+    """COCO scores of one model (``predictor``) on ``val_set``, timed as stage ``accuracy: <name>``; ``progress``:
+    a progress bar on the terminal."""
     with (clock or StageClock()).stage(f"accuracy: {name}"):
-        evaluation = evaluate(val_set.eval_set, predictor, batch_size=batch_size, progress=name)
+        evaluation = evaluate(val_set.eval_set, predictor, batch_size=batch_size, progress=name if progress else None)
     return ModelAccuracy.from_metrics(name, file, evaluation.metrics)
 
 
 def score_references(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, *,
-                     threads: Callable[[], int | None] = lambda: None, clock: StageClock | None = None
-                     ) -> tuple[ModelAccuracy, ModelAccuracy]:
+                     threads: Callable[[], int | None] = lambda: None, clock: StageClock | None = None,
+                     progress: bool = True) -> tuple[ModelAccuracy, ModelAccuracy]:
     """What the int8 model is compared with: the deploy-form PyTorch model (from ``checkpoint``) and the float
     TFLite, at the float model's input size. ``threads()`` is the thread count to take (None: torch's setting,
     all cores for the interpreter), asked as the interpreter starts and before each PyTorch batch: the PyTorch
-    model comes last, so that it can take more threads as they become free."""
+    model comes last, so that it can take more threads as they become free. ``progress``: progress bars."""
     float_predictor = TFLitePredictor(float_model, threads=threads())
     imgsz = InputSize(*float_predictor.detector.info.size)
-    float_tflite = score(val_set, "float TFLite", float_model.name, float_predictor, clock=clock)
+    float_tflite = score(val_set, "float TFLite", float_model.name, float_predictor, clock=clock, progress=progress)
     pytorch = TorchPredictor(deployed, imgsz, threads=threads)
-    return score(val_set, "PyTorch fp32", checkpoint.name, pytorch, clock=clock), float_tflite
+    return score(val_set, "PyTorch fp32", checkpoint.name, pytorch, clock=clock, progress=progress), float_tflite
 
 
 def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_model: Path, int8_model: Path, *,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from edge_yolov9.errors import DatasetError, ImageError
 from edge_yolov9.model_file import InputSize
@@ -103,7 +104,8 @@ class CalibrationSet:
         others' (see OUTLIER_PEAK_RATIO); one float pass over the images."""
         if len(self.images) < MIN_IMAGES_FOR_OUTLIERS:
             return self
-        paths, peaks = activation_peaks(model, self._read())
+        images = tqdm(self._read(), total=len(self.images), desc="outlier pass", unit="img", disable=None, leave=False)
+        paths, peaks = activation_peaks(model, images)
         outliers = [paths[row] for row in outlier_rows(peaks)]
         if not outliers:
             return self

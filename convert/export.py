@@ -165,20 +165,22 @@ def export_module(model: YOLO, layout: str) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet_converter() -> Iterator[None]:
-    """Hide litert-torch's progress bar and the native converter's chatter on stderr (hundreds of
-    lines); with --verbose both show. The chatter's tail is logged if the conversion fails."""
-    import litert_torch
-
+    """Hide litert-torch's progress bar and the native chatter on stderr of the converter and of its imports
+    (hundreds of lines; litert-torch, torchao and TensorFlow print warnings as they load): import them inside.
+    With --verbose everything shows. The chatter's tail is logged if the conversion fails."""
     if logger.isEnabledFor(logging.DEBUG):
         yield
         return
-    previous = litert_torch.config.show_progress
-    litert_torch.config.show_progress = False
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
+        previous = None
         try:
+            import litert_torch
+
+            previous = litert_torch.config.show_progress
+            litert_torch.config.show_progress = False
             yield
         except Exception:
             sys.stderr.flush()
@@ -192,7 +194,8 @@ def _quiet_converter() -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            litert_torch.config.show_progress = previous
+            if previous is not None:
+                litert_torch.config.show_progress = previous
 
 
 def _sample_input(imgsz: int | tuple[int, int]) -> torch.Tensor:
@@ -212,9 +215,9 @@ def _finish(content: bytes, model: YOLO, layout: str) -> TFLiteModel:
 
 def convert_float(model: YOLO, imgsz: int | tuple[int, int], layout: str = "raw") -> TFLiteModel:
     """Float32 TFLite of a deploy model: NHWC float input in [0, 1], float outputs in ``layout``."""
-    import litert_torch
-
     with _quiet_converter(), local_decompositions(), torch.no_grad():
+        import litert_torch
+
         edge = litert_torch.convert(export_module(model, layout), (_sample_input(imgsz),))
         content = edge.model_content()
     return _finish(content, model, layout)
@@ -235,15 +238,15 @@ def calibrate_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Itera
                    layout: str = "raw") -> Calibrated:
     """The export graph of ``model`` with PT2E observers, run on ``calibration``: (1, H, W, 3) float inputs in
     [0, 1], letterboxed as at run time."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-    from .quantizer import EdgeQuantizer, ObserverPipeline
-
     sample = (_sample_input(imgsz),)
     fixed = {k: CLS_LOGIT_QPARAMS for k, spec in enumerate(output_specs(model, layout)) if spec.kind == "cls"}
-    quantizer = EdgeQuantizer(fixed_outputs=fixed)
     with torch.no_grad():
-        with _quiet_converter():
+        with _quiet_converter():  # torchao and litert-torch print warnings as they load
+            from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+            from .quantizer import EdgeQuantizer, ObserverPipeline
+
+            quantizer = EdgeQuantizer(fixed_outputs=fixed)
             prepared = prepare_pt2e(torch.export.export(export_module(model, layout), sample).module(), quantizer)
         start, seen = time.monotonic(), 0
         with ObserverPipeline(prepared) as observers:
@@ -259,11 +262,11 @@ def calibrate_int8(model: YOLO, imgsz: int | tuple[int, int], calibration: Itera
 
 def lower_int8(calibrated: Calibrated) -> TFLiteModel:
     """The fully int8 TFLite of a calibrated graph (see convert_int8), checked to be fully integer."""
-    import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
     with torch.no_grad(), _quiet_converter(), local_decompositions():
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
         quantized = convert_pt2e(calibrated.prepared, fold_quantize=False)
         # quant_config is what makes the converter emit int8 kernels instead of fake-quant (P6).
         edge = litert_torch.convert(quantized, calibrated.sample,

@@ -56,9 +56,10 @@ class FloatResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_float_job(job: FloatJob, threads: Callable[[], int | None] = lambda: None) -> FloatResult:
+def run_float_job(job: FloatJob, threads: Callable[[], int | None] = lambda: None,
+                  progress: bool = True) -> FloatResult:
     """Float lowering, then the reference scores; ``threads()``, asked as each step starts, the threads that
-    step takes (None: unchanged)."""
+    step takes (None: unchanged); ``progress``: the scores' progress bars."""
     clock = StageClock()
     with clock.stage("float lowering"):
         count = threads()
@@ -69,7 +70,7 @@ def run_float_job(job: FloatJob, threads: Callable[[], int | None] = lambda: Non
     references = None
     if job.val_set is not None:
         references = score_references(job.val_set, job.deployed, job.checkpoint, job.path, threads=threads,
-                                      clock=clock)
+                                      clock=clock, progress=progress)
     return FloatResult(job.path, references, clock.seconds)
 
 
@@ -83,8 +84,8 @@ def _work(jobs: Connection, results: Connection, log_level: int, parent_waiting:
         return  # the conversion ended before it handed the float half over
     cores = os.cpu_count() or 1
     try:
-        outcome: FloatResult | BaseException = run_float_job(
-            job, threads=lambda: cores if parent_waiting.is_set() else 1)
+        outcome: FloatResult | BaseException = run_float_job(  # no progress bars: the terminal shows the parent's
+            job, threads=lambda: cores if parent_waiting.is_set() else 1, progress=False)
     except BaseException as err:  # noqa: BLE001: handed to the parent, which raises it
         outcome = err
     try:

@@ -217,7 +217,7 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
                   leave=False)
     with clock.stage("int8 calibration"):
         calibrated = calibrate_int8(deployed, calibration.imgsz, inputs, options.layout)
-    with clock.stage("int8 lowering"):
+    with clock.stage("int8 lowering", ticker=True):
         int8_model = lower_int8(calibrated)
         if options.uint8_io:
             int8_model = int8_model.with_uint8_io()

@@ -93,6 +93,51 @@ def test_convert_writes_the_products_and_explains_the_missing_compiler(out320):
     assert sum(map(float, stages.values())) == pytest.approx(float(summary[0]), abs=0.1 * len(stages))
 
 
+def test_a_stage_without_progress_of_its_own_shows_its_elapsed_time_on_a_terminal(monkeypatch):
+    """On a terminal, a ticking stage (the int8 lowering) shows its elapsed time every second, on the terminal even
+    while the stage points the stderr descriptor elsewhere, as the converter does to hide its chatter; off a
+    terminal it writes nothing."""
+    import contextlib
+    import io
+    import os
+    import select
+    import time
+
+    from edge_yolov9.convert.stages import StageClock
+
+    def run_stage(seconds: float) -> None:
+        with StageClock().stage("int8 lowering", ticker=True), open(os.devnull, "w") as sink:
+            hidden = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            try:
+                time.sleep(seconds)
+            finally:
+                os.dup2(hidden, 2)
+                os.close(hidden)
+
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    run_stage(1.2)
+    assert quiet.getvalue() == ""
+
+    master, slave = os.openpty()
+    original = os.dup(2)
+    os.dup2(slave, 2)
+    monkeypatch.setattr(sys, "stderr", os.fdopen(2, "w", closefd=False))
+    try:
+        run_stage(2.5)
+    finally:
+        os.dup2(original, 2)
+        os.close(original)
+        os.close(slave)
+    written = b""
+    with contextlib.suppress(OSError):  # EIO: everything read, the terminal's other end is closed
+        while select.select([master], [], [], 0.2)[0]:
+            written += os.read(master, 65536)
+    os.close(master)
+    assert "int8 lowering: 00:01" in written.decode() and "int8 lowering: 00:02" in written.decode()
+
+
 def test_int8_graph_is_fully_integer_and_edgetpu_shaped(out320):
     model = TFLiteModel.from_file(out320 / "out" / "model_int8.tflite")
     ops = model.op_counts()
