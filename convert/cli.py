@@ -12,6 +12,7 @@ from edge_yolov9.errors import require
 from edge_yolov9.model_file import LAYOUTS
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
+from .quiet import hidden_stderr
 
 EXIT_CODES = """\
 exit codes:
@@ -32,10 +33,13 @@ IMPORT_NOISE = ("torchao", "torch.utils._pytree")
 
 
 def _require(module: str, purpose: str, *, verbose: bool = False) -> None:
-    if not verbose:
-        for name in IMPORT_NOISE:
-            logging.getLogger(name).setLevel(logging.ERROR)
-    require(module, "convert", purpose)
+    if verbose:
+        require(module, "convert", purpose)
+        return
+    for name in IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with hidden_stderr():  # what the converter's libraries print on stderr as they load (TensorFlow's banner)
+        require(module, "convert", purpose)
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -20,9 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
@@ -38,6 +35,7 @@ from edge_yolov9.train.models.deploy import deploy_model
 
 from . import frigate
 from .local_decompositions import local_decompositions
+from .quiet import hidden_stderr
 from .tflite_model import INTEGER_IO_DTYPES, TFLiteModel
 
 if TYPE_CHECKING:
@@ -165,37 +163,20 @@ def export_module(model: YOLO, layout: str) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet_converter() -> Iterator[None]:
-    """Hide litert-torch's progress bar and the native chatter on stderr of the converter and of its imports
-    (hundreds of lines; litert-torch, torchao and TensorFlow print warnings as they load): import them inside.
-    With --verbose everything shows. The chatter's tail is logged if the conversion fails."""
+    """Hide litert-torch's progress bar and the chatter on stderr of the converter and of its imports (litert-torch,
+    torchao and TensorFlow print warnings as they load): import them inside. With --verbose everything shows."""
     if logger.isEnabledFor(logging.DEBUG):
         yield
         return
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        previous = None
-        try:
-            import litert_torch
+    with hidden_stderr():
+        import litert_torch
 
-            previous = litert_torch.config.show_progress
-            litert_torch.config.show_progress = False
+        previous = litert_torch.config.show_progress
+        litert_torch.config.show_progress = False
+        try:
             yield
-        except Exception:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            sink.seek(0)
-            tail = sink.read().decode("utf-8", "replace").strip().splitlines()[-20:]
-            if tail:
-                logger.error("Converter output before the failure:\n%s", "\n".join(tail))
-            raise
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if previous is not None:
-                litert_torch.config.show_progress = previous
+            litert_torch.config.show_progress = previous
 
 
 def _sample_input(imgsz: int | tuple[int, int]) -> torch.Tensor:

@@ -138,6 +138,24 @@ def test_a_stage_without_progress_of_its_own_shows_its_elapsed_time_on_a_termina
     assert "int8 lowering: 00:01" in written.decode() and "int8 lowering: 00:02" in written.decode()
 
 
+def test_the_converters_chatter_on_stderr_is_hidden_and_shown_when_it_fails(capfd, caplog):
+    """What native code writes on file descriptor 2 inside hidden_stderr (the converter's and its libraries'
+    hundreds of lines) does not reach stderr; when the block fails, its last lines are logged with the error."""
+    import os
+
+    from edge_yolov9.convert.quiet import hidden_stderr
+
+    with hidden_stderr():
+        os.write(2, b"W0000 a native warning nobody needs\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(RuntimeError, match="lowering failed"), hidden_stderr(tail=2):
+        os.write(2, b"line 1\nline 2: the converter's reason\nline 3\n")
+        raise RuntimeError("lowering failed")
+    assert capfd.readouterr().err == ""
+    [record] = [r for r in caplog.records if "before the failure" in r.getMessage()]
+    assert record.getMessage().endswith("line 2: the converter's reason\nline 3")
+
+
 def test_int8_graph_is_fully_integer_and_edgetpu_shaped(out320):
     model = TFLiteModel.from_file(out320 / "out" / "model_int8.tflite")
     ops = model.op_counts()
