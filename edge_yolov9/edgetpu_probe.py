@@ -8,7 +8,10 @@ which no ``try`` can catch. So before the calling process loads the delegate, a 
 ``EDGE_YOLOV9_PROBE_TIMEOUT`` seconds (default 20). A crash, abort, hang or failed load there becomes a
 RuntimeSetupError naming the library, the interpreter and the pair to install. A pair that passed is
 remembered per library file (path, size, mtime), interpreter version and device in
-``$XDG_CACHE_HOME/edge-yolov9/edgetpu-probes.json`` (default ``~/.cache``), so the probe is paid once.
+``$XDG_CACHE_HOME/edge-yolov9/edgetpu-probes.json`` (default ``~/.cache``), so the probe is paid once, together
+with the Edge TPUs the machine showed (USB bus and device numbers, /dev/apex_N): once they change (a Coral
+unplugged, moved or re-plugged), the remembered pass says nothing about them and the probe runs again, since
+libedgetpu may abort the process that opens a device that is gone (edgetpu#629).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .host import apex_nodes, coral_usb_devices
 from .interpreter import (BACKENDS, Device, EdgeTpuLibrary, RuntimeSetupError, tpu_diagnosis, installed_backends,
                           require_libedgetpu)
 
@@ -153,11 +157,19 @@ def _read_cache() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _remember(key: str) -> None:
-    """Record a passed probe; a cache that cannot be written only means the probe runs again next time."""
+def visible_edgetpus(device: Device) -> list[str]:
+    """The Edge TPUs of ``device``'s kind this machine shows now (empty where it has no sysfs to tell)."""
+    usb = [f"usb {coral.name} {coral.ids[0]}:{coral.ids[1]} {coral.node}" for coral in coral_usb_devices()]
+    pci = [f"pci {node}" for node in apex_nodes()]
+    return {"usb": usb, "pci": pci}.get(device.kind, usb + pci)
+
+
+def _remember(key: str, devices: list[str]) -> None:
+    """Record a passed probe and the Edge TPUs it saw; a cache that cannot be written only means the probe runs
+    again next time."""
     path = _cache_file()
     data = _read_cache()
-    data[key] = {"ok": True, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    data[key] = {"ok": True, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "devices": devices}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -181,8 +193,14 @@ def probe(library: EdgeTpuLibrary, interpreter: str, version: str, device: Devic
     """Load ``library`` as the delegate for ``device`` with ``interpreter`` in a child process; with a
     ``model``, also apply it to the model's graph and run one inference (and remember a pass)."""
     key = _cache_key(library, interpreter, version, device)
-    if model is not None and _read_cache().get(key, {}).get("ok"):
-        return ProbeResult("ok", "passed before (cached)", cached=True)
+    passed = _read_cache().get(key, {}) if model is not None else {}
+    if passed.get("ok"):
+        devices = visible_edgetpus(device)
+        if passed.get("devices", []) == devices:
+            return ProbeResult("ok", "passed before (cached)", cached=True)
+        logger.info("The Edge TPUs have changed since %s with %s %s passed its probe (then: %s; now: %s): probing "
+                    "again", library.path, interpreter, version, "; ".join(passed.get("devices", [])) or "none",
+                    "; ".join(devices) or "none")
     timeout = probe_timeout()
     command = [sys.executable, "-m", __name__, "--library", library.path, "--interpreter", interpreter,
                "--options", json.dumps(device.delegate_options())]
@@ -211,7 +229,7 @@ def probe(library: EdgeTpuLibrary, interpreter: str, version: str, device: Devic
         result = ProbeResult(result.outcome, f"{result.detail} [stderr: {err.strip().splitlines()[-1][:300]}]",
                              stage)
     if result.ok and model is not None:
-        _remember(key)
+        _remember(key, visible_edgetpus(device))  # after the probe: a USB Coral re-enumerates once its firmware loads
     return result
 
 

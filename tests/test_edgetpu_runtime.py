@@ -203,6 +203,37 @@ def test_an_interpreter_that_fails_in_the_probe_gives_way_to_the_next(compiled, 
     assert "_ARRAY_API not found" in caplog.text
 
 
+def test_a_cached_probe_is_trusted_only_while_the_machine_shows_the_same_edge_tpus(compiled, fakes, probe_environment,
+                                                                                   monkeypatch, tmp_path, caplog):
+    """A remembered pass holds for the Coral it was made with: unplugged, moved or re-plugged (its USB device number
+    changes), the probe runs again before this process opens the device (libedgetpu may abort the process that
+    opens a device that is gone, edgetpu#629); the same Coral keeps the cache."""
+    from edge_yolov9 import edgetpu_probe, host
+
+    coral = tmp_path / "sys" / "bus" / "usb" / "devices" / "2-1"
+    coral.mkdir(parents=True)
+    for name, value in {"idVendor": "18d1", "idProduct": "9302", "speed": "5000", "busnum": "2", "devnum": "5"}.items():
+        (coral / name).write_text(value + "\n")
+    monkeypatch.setattr(edgetpu_probe, "coral_usb_devices", lambda: host.coral_usb_devices(tmp_path))
+
+    def probes() -> int:  # the probe child and then this process each create the delegate
+        Detector(compiled, device="usb", edgetpu_library=fakes["works"])
+        return len(probe_environment.read_text().splitlines())
+
+    caplog.set_level("INFO", logger=edgetpu_probe.__name__)
+    assert probes() == 2
+    assert probes() == 3, "the same Coral: the cached pass holds"
+    assert "have changed" not in caplog.text
+    (coral / "devnum").write_text("6\n")  # re-plugged
+    assert probes() == 5
+    assert "The Edge TPUs have changed" in caplog.text and "then: usb 2-1 18d1:9302" in caplog.text
+    assert "/dev/bus/usb/002/005; now: usb 2-1 18d1:9302" in caplog.text and "/dev/bus/usb/002/006" in caplog.text
+    assert probes() == 6
+    shutil.rmtree(coral)  # unplugged
+    assert probes() == 8
+    assert "now: none" in caplog.text
+
+
 def _no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
