@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .host import apex_nodes, coral_usb_devices
+from .host import ROOT, apex_nodes, coral_usb_devices
 from .interpreter import (BACKENDS, Device, EdgeTpuLibrary, RuntimeSetupError, tpu_diagnosis, installed_backends,
                           require_libedgetpu)
 
@@ -243,10 +243,14 @@ def probe_failure(library: EdgeTpuLibrary, tried: Sequence[tuple[str, str, Probe
     pairing (the fix: the pair to install); a clean failure is the device or the library file."""
     said = "; ".join(f"with {name} {version} it {result.detail}" for name, version, result in tried)
     problem = f"The Edge TPU runtime {library} is unusable: {said}"
-    if any(result.outcome in ("crash", "hang") for _, _, result in tried):
-        return RuntimeSetupError(problem, pair_advice(library) + "; until then run on the CPU (device='cpu', or "
-                                 "'auto' with the CPU model beside the Edge TPU model)")
-    return RuntimeSetupError(problem, tpu_diagnosis(device))
+    if not any(result.outcome in ("crash", "hang") for _, _, result in tried):
+        return RuntimeSetupError(problem, tpu_diagnosis(device))
+    fix = (pair_advice(library) + "; until then run on the CPU (device='cpu', or 'auto' with the CPU model beside "
+           "the Edge TPU model)")
+    if (ROOT / "sys" / "bus").is_dir() and not visible_edgetpus(device):
+        # libedgetpu may abort when the device is not there (edgetpu#629): the absent device comes first
+        fix = f"{tpu_diagnosis(device)}; if it is there and this persists: {fix}"
+    return RuntimeSetupError(problem, fix)
 
 
 def usable_edgetpu(model: str | os.PathLike, device: Device, library: str | os.PathLike | None = None,

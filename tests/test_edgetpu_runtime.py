@@ -234,6 +234,26 @@ def test_a_cached_probe_is_trusted_only_while_the_machine_shows_the_same_edge_tp
     assert "now: none" in caplog.text
 
 
+def test_a_crash_with_no_edge_tpu_in_sight_points_at_the_device_first(compiled, fakes, monkeypatch, tmp_path):
+    """libedgetpu may abort when the device it opens is not there (edgetpu#629): with no Coral on the bus the fix
+    says so first and the pairing after; with one there, the pairing is the fix."""
+    from edge_yolov9 import edgetpu_probe, host
+
+    coral = tmp_path / "sys" / "bus" / "usb" / "devices" / "2-1"
+    coral.mkdir(parents=True)
+    monkeypatch.setattr(edgetpu_probe, "coral_usb_devices", lambda: host.coral_usb_devices(tmp_path))
+    with pytest.raises(RuntimeSetupError) as absent:
+        Detector(compiled, device="usb", edgetpu_library=fakes["abort"])
+    assert absent.value.fix.startswith("no Coral USB Accelerator is on the USB bus")
+    assert "if it is there and this persists: " in absent.value.fix and "16.0tf2.17.1" in absent.value.fix
+
+    for name, value in {"idVendor": "18d1", "idProduct": "9302", "busnum": "2", "devnum": "5"}.items():
+        (coral / name).write_text(value + "\n")
+    with pytest.raises(RuntimeSetupError) as present:
+        Detector(compiled, device="usb", edgetpu_library=fakes["abort"])
+    assert "USB bus" not in present.value.fix and "16.0tf2.17.1" in present.value.fix
+
+
 def _no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
