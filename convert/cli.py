@@ -4,6 +4,7 @@ and ``edgetpu`` (precheck / compile an existing .tflite). Heavy imports happen i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from edge_yolov9.errors import require
 from edge_yolov9.model_file import LAYOUTS
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
-from .quiet import hidden_stderr
+from .quiet import hidden_stderr, sigint_deferred
 
 EXIT_CODES = """\
 exit codes:
@@ -33,12 +34,12 @@ IMPORT_NOISE = ("torchao", "torch.utils._pytree")
 
 
 def _require(module: str, purpose: str, *, verbose: bool = False) -> None:
-    if verbose:
-        require(module, "convert", purpose)
-        return
-    for name in IMPORT_NOISE:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with hidden_stderr():  # what the converter's libraries print on stderr as they load (TensorFlow's banner)
+    """Import ``module`` (the converter's libraries load with it): a Ctrl-C meanwhile waits for the import to end;
+    what they print on stderr as they load (TensorFlow's banner) shows only with --verbose."""
+    if not verbose:
+        for name in IMPORT_NOISE:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    with sigint_deferred(), contextlib.nullcontext() if verbose else hidden_stderr():
         require(module, "convert", purpose)
 
 

@@ -16,12 +16,13 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -108,6 +109,7 @@ class FloatBranch:
         self.jobs: Connection | None = None
         self.results: Connection | None = None
         self.parent_waiting: Event | None = None
+        self.sender: threading.Thread | None = None
 
     def spawn(self) -> None:
         """Start the worker now, at the lowest CPU priority; it waits for ``start``'s job."""
@@ -120,7 +122,8 @@ class FloatBranch:
         log_level = logging.getLogger("edge_yolov9").getEffectiveLevel()
         self.process = context.Process(target=_work, name="edge-yolov9 float half", daemon=True,
                                        args=(job_receiver, result_sender, log_level, self.parent_waiting))
-        self.process.start()
+        with _sigint_blocked():  # a Ctrl-C reaches the whole process group; this process stops the worker
+            self.process.start()
         with contextlib.suppress(AttributeError, OSError):  # no priorities on this system: it just competes
             os.setpriority(os.PRIO_PROCESS, self.process.pid, WORKER_NICENESS)
         result_sender.close()  # the worker holds the only sending end: its death ends the pipe
@@ -135,8 +138,9 @@ class FloatBranch:
         # The job goes as plain pickle bytes: through multiprocessing, torch would share every weight tensor as a
         # shared-memory file descriptor, hundreds of them, held open in this process after the worker is gone.
         # Sent from a thread: the worker reads it only once its imports are done, at its low priority.
-        threading.Thread(target=_send, args=(self.jobs, pickle.dumps(job)), name="edge-yolov9 float job",
-                         daemon=True).start()
+        self.sender = threading.Thread(target=_send, args=(self.jobs, pickle.dumps(job)), name="edge-yolov9 float job",
+                                       daemon=True)
+        self.sender.start()
 
     def result(self) -> FloatResult:
         assert self.job is not None, "start() first"
@@ -162,9 +166,26 @@ class FloatBranch:
             if self.process.is_alive():
                 self.process.terminate()
             self.process.join()
+            if self.sender is not None:
+                self.sender.join()  # a job still unread fails to send now that the worker is gone
             self.jobs.close()
             self.results.close()
             self.process = None
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked on this thread while the worker is spawned: the worker inherits the blocked signal for its
+    life (its parent stops it), and one that comes meanwhile reaches this process once unblocked or at once
+    through another of its threads."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _send(connection: Connection, payload: bytes) -> None:

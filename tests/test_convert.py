@@ -321,6 +321,58 @@ def test_416_with_uint8_io(out416, coco128):
     assert all(np.isfinite(o).all() for o in invoke(path, canvas))
 
 
+def test_ctrl_c_stops_a_conversion_cleanly(tmp_path, ball_checkpoint, coco128):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during calibration: exit code 130 and
+    'interrupted', no traceback from either process, no process left, nothing written."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "edge_yolov9.cli", "convert", "--model", str(ball_checkpoint), "--imgsz", "320",
+               "--calib", str(coco128 / "images" / "train2017"), "--calib-images", "128", "-o", str(out)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True, cwd=tmp_path)
+    lines = []
+    for line in run.stdout:
+        lines.append(line)
+        if "Quantizing to int8" in line:
+            break
+    time.sleep(2)  # into the calibration, the float worker spawned and handed its job
+    os.killpg(run.pid, signal.SIGINT)
+    rest, _ = run.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert run.returncode == 130 and "interrupted" in output and "Traceback" not in output, output[-3000:]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+    def group_alive() -> list[str]:  # live processes of the group (a zombie left to an init that does not reap is not)
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == run.pid and fields[0] != "Z":
+                    found.append(stat.parent.name)
+        return found
+
+    wait_until(lambda: not group_alive(), timeout=10, what="no process of the conversion's group to be left")
+
+
+def test_a_ctrl_c_while_the_converters_libraries_load_waits_for_the_import(tmp_path):
+    """A KeyboardInterrupt in the middle of `import litert_torch` does not end cleanly (a RecursionError, or it is
+    swallowed and the command runs on); under sigint_deferred the Ctrl-C takes effect once the import is done."""
+    script = ("import os, signal, threading\n"
+              "from edge_yolov9.convert.quiet import sigint_deferred\n"
+              "threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+              "with sigint_deferred():\n"
+              "    import litert_torch\n"
+              "    print('imported', flush=True)\n"
+              "print('not reached')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.stdout == "imported\n" and run.stderr.rstrip().endswith("KeyboardInterrupt"), run.stderr[-2000:]
+    assert "RecursionError" not in run.stderr
+
+
 def test_a_float_worker_spawned_for_a_conversion_that_fails_first_leaves_nothing(tmp_path, ball_checkpoint):
     """The worker is spawned as the conversion starts and given the float half before calibration; when the
     conversion then fails (here: no calibration image can be read), the error is the conversion's, the worker is
@@ -566,6 +618,11 @@ def test_a_killed_float_worker_costs_time_not_the_conversion(tmp_path, coco128, 
         [worker] = multiprocessing.active_children()
         assert worker.pid != os.getpid() and worker.name == "edge-yolov9 float half"
         assert os.getpriority(os.PRIO_PROCESS, worker.pid) == WORKER_NICENESS  # it works where this process idles
+        # A Ctrl-C reaches the whole process group: the worker keeps SIGINT blocked and leaves stopping it to us.
+        blocked = re.search(r"SigBlk:\s*([0-9a-f]+)", Path(f"/proc/{worker.pid}/status").read_text()).group(1)
+        assert int(blocked, 16) & 1 << (signal.SIGINT - 1)
+        os.kill(worker.pid, signal.SIGINT)
+        assert worker.is_alive()
         os.kill(worker.pid, signal.SIGKILL)
         with caplog.at_level("WARNING"):
             result = branch.result()
