@@ -332,8 +332,15 @@ def test_ctrl_c_stops_a_conversion_cleanly(tmp_path, ball_checkpoint, coco128):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "edge_yolov9.cli", "convert", "--model", str(ball_checkpoint), "--imgsz", "320",
                "--calib", str(coco128 / "images" / "train2017"), "--calib-images", "128", "-o", str(out)]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True, cwd=tmp_path)
+    def as_from_a_terminal() -> None:  # SIGINT handled by default and not blocked, whatever the test runner did
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                           start_new_session=True, preexec_fn=as_from_a_terminal)
+    status = Path(f"/proc/{run.pid}/status").read_text()
+    masks = {key: int(value, 16) for key, value in re.findall(r"(SigBlk|SigIgn):\s*([0-9a-f]+)", status)}
+    assert not any(mask & 1 << (signal.SIGINT - 1) for mask in masks.values()), masks
     lines = []
     for line in run.stdout:
         lines.append(line)
