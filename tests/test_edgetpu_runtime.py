@@ -22,6 +22,7 @@ from edge_yolov9.edgetpu_probe import CACHE_NAME, candidates, pair_advice, pairi
 from edge_yolov9.interpreter import EdgeTpuLibrary, RuntimeSetupError, dpkg_libedgetpu, find_backend, find_libedgetpu
 from support.conversions import fake_edgetpu_model
 from support.fake_libedgetpu import build_fake_libedgetpu
+from support.fake_sysfs import usb_coral
 
 FAILING = ("segfault", "abort", "hang", "null", "bad-prepare")
 # What the error says each failure was (the probe's observation).
@@ -210,10 +211,7 @@ def test_a_cached_probe_is_trusted_only_while_the_machine_shows_the_same_edge_tp
     opens a device that is gone, edgetpu#629); the same Coral keeps the cache."""
     from edge_yolov9 import edgetpu_probe, host
 
-    coral = tmp_path / "sys" / "bus" / "usb" / "devices" / "2-1"
-    coral.mkdir(parents=True)
-    for name, value in {"idVendor": "18d1", "idProduct": "9302", "speed": "5000", "busnum": "2", "devnum": "5"}.items():
-        (coral / name).write_text(value + "\n")
+    usb_coral(tmp_path, "2-1", "18d1:9302", "5000", number=5)
     monkeypatch.setattr(edgetpu_probe, "coral_usb_devices", lambda: host.coral_usb_devices(tmp_path))
 
     def probes() -> int:  # the probe child and then this process each create the delegate
@@ -224,12 +222,12 @@ def test_a_cached_probe_is_trusted_only_while_the_machine_shows_the_same_edge_tp
     assert probes() == 2
     assert probes() == 3, "the same Coral: the cached pass holds"
     assert "have changed" not in caplog.text
-    (coral / "devnum").write_text("6\n")  # re-plugged
+    usb_coral(tmp_path, "2-1", "18d1:9302", "5000", number=6)  # re-plugged: a new device number
     assert probes() == 5
     assert "The Edge TPUs have changed" in caplog.text and "then: usb 2-1 18d1:9302" in caplog.text
     assert "/dev/bus/usb/002/005; now: usb 2-1 18d1:9302" in caplog.text and "/dev/bus/usb/002/006" in caplog.text
     assert probes() == 6
-    shutil.rmtree(coral)  # unplugged
+    shutil.rmtree(tmp_path / "sys")  # unplugged
     assert probes() == 8
     assert "now: none" in caplog.text
 
@@ -239,16 +237,13 @@ def test_a_crash_with_no_edge_tpu_in_sight_points_at_the_device_first(compiled, 
     says so first and the pairing after; with one there, the pairing is the fix."""
     from edge_yolov9 import edgetpu_probe, host
 
-    coral = tmp_path / "sys" / "bus" / "usb" / "devices" / "2-1"
-    coral.mkdir(parents=True)
     monkeypatch.setattr(edgetpu_probe, "coral_usb_devices", lambda: host.coral_usb_devices(tmp_path))
     with pytest.raises(RuntimeSetupError) as absent:
         Detector(compiled, device="usb", edgetpu_library=fakes["abort"])
     assert absent.value.fix.startswith("no Coral USB Accelerator is on the USB bus")
     assert "if it is there and this persists: " in absent.value.fix and "16.0tf2.17.1" in absent.value.fix
 
-    for name, value in {"idVendor": "18d1", "idProduct": "9302", "busnum": "2", "devnum": "5"}.items():
-        (coral / name).write_text(value + "\n")
+    usb_coral(tmp_path, "2-1", "18d1:9302", "5000", number=5)
     with pytest.raises(RuntimeSetupError) as present:
         Detector(compiled, device="usb", edgetpu_library=fakes["abort"])
     assert "USB bus" not in present.value.fix and "16.0tf2.17.1" in present.value.fix
