@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -271,16 +271,18 @@ class Detector:
     def detect_with_timing(self, image: ImageInput, *, bgr: bool = False) -> tuple[list[Detection], Timing]:
         """:meth:`detect`, and how long each step took."""
         started = time.perf_counter()
-        return self._timed(self.prepare(image, bgr=bgr), started)
+        prepared = self.prepare(image, bgr=bgr)
+        prepared_ms = (time.perf_counter() - started) * 1e3
+        detections, invoke_ms, postprocess_ms = self.detect_prepared(prepared)
+        return detections, Timing(prepared_ms, invoke_ms, postprocess_ms)
 
-    def _timed(self, prepared: Prepared, started: float) -> tuple[list[Detection], Timing]:
-        prepared_at = time.perf_counter()
+    def detect_prepared(self, prepared: Prepared) -> tuple[list[Detection], float, float]:
+        """:meth:`run` and :meth:`decode` of a prepared input: its detections, and the milliseconds of each."""
+        started = time.perf_counter()
         raw = self.run(prepared.tensor)
         invoked = time.perf_counter()
         detections = self.decode(raw, prepared.placement)
-        finished = time.perf_counter()
-        return detections, Timing((prepared_at - started) * 1e3, (invoked - prepared_at) * 1e3,
-                                  (finished - invoked) * 1e3)
+        return detections, (invoked - started) * 1e3, (time.perf_counter() - invoked) * 1e3
 
     def detect_many(self, source: Source | Iterable[ImageInput], *, bgr: bool = False) -> Iterator[FrameResult]:
         """Detections frame by frame in ``source``: an image file, a folder (recursively), a video file, a
@@ -289,13 +291,23 @@ class Detector:
         A frame that cannot be read (a corrupt file in a folder, an empty array) yields a FrameResult
         with its ``error`` and the batch goes on; a source that cannot be opened raises a SourceError.
         """
-        needed = self.info.size
-        frames = (iter_frames(source, needed) if isinstance(source, (str, os.PathLike, int))
-                  else image_frames(source, bgr, needed))
-        for frame in frames:
-            if frame.error is not None:
-                yield FrameResult(frame, [])
-            else:
-                started = time.perf_counter()
-                detections, timing = self._timed(prepare(frame.image, self.info.input, frame.full_size), started)
-                yield FrameResult(frame, detections, timing)
+        return frame_results(source, self.info.input, self.detect_prepared, bgr=bgr)
+
+
+def frame_results(source: Source | Iterable[ImageInput], spec: TensorSpec,
+                  detect_prepared: Callable[[Prepared], tuple[list[Detection], float, float]], *,
+                  bgr: bool = False) -> Iterator[FrameResult]:
+    """:meth:`Detector.detect_many` for any ``detect_prepared`` (a Detector's, or one in another process) of a
+    model whose input is ``spec``: frames are read and prepared here."""
+    needed = (spec.shape[1], spec.shape[2])
+    frames = (iter_frames(source, needed) if isinstance(source, (str, os.PathLike, int))
+              else image_frames(source, bgr, needed))
+    for frame in frames:
+        if frame.error is not None:
+            yield FrameResult(frame, [])
+        else:
+            started = time.perf_counter()
+            prepared = prepare(frame.image, spec, frame.full_size)
+            prepared_ms = (time.perf_counter() - started) * 1e3
+            detections, invoke_ms, postprocess_ms = detect_prepared(prepared)
+            yield FrameResult(frame, detections, Timing(prepared_ms, invoke_ms, postprocess_ms))

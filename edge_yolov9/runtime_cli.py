@@ -13,20 +13,35 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .cli import add_command, existing_file, float_arg, int_arg, print_result
+from .cli import add_command, existing_file, float_arg, int_arg, plural, print_result
 from .errors import OutputError, output_error, writing
 from .postprocess import PostprocessConfig
 
 logger = logging.getLogger(__name__)
 
 
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    if not args.labels:
+        return None
+    return [line.strip() for line in args.labels.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
 def _detector(args: argparse.Namespace, **postprocess_options: Any):
     from .detector import Detector
 
-    labels = None
-    if args.labels:
-        labels = [line.strip() for line in args.labels.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    return Detector(args.model, device=args.device, threads=args.threads, labels=labels, **postprocess_options)
+    return Detector(args.model, device=args.device, threads=args.threads, labels=_labels(args), **postprocess_options)
+
+
+def _batch_detector(args: argparse.Namespace, config: PostprocessConfig):
+    """detect's detector: an Edge TPU model runs in a child process that a libedgetpu abort (a Coral that browns
+    out or is unplugged mid-run) does not take this process, and its unwritten results, with it."""
+    from .isolated import DetectorSpec, IsolatedDetector, runs_on_edgetpu
+
+    if not runs_on_edgetpu(args.model, args.device):
+        return contextlib.nullcontext(_detector(args, config=config))
+    labels = _labels(args)
+    return IsolatedDetector(DetectorSpec(str(args.model), args.device, args.threads, config,
+                                         labels=None if labels is None else tuple(labels)))
 
 
 def _check_save_folder(folder: Path) -> None:
@@ -74,35 +89,49 @@ def _save_annotated(image: Any, target: Path) -> None:
 def _detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .annotate import draw_detections
+    from .isolated import DetectorProcessError
     from .sources import describe
 
     kind, total = describe(args.source)  # a missing source fails before the model loads
     if args.save:
         _check_save_folder(args.save)
-    detector = _detector(args, score_threshold=args.conf, iou_threshold=args.iou, max_detections=args.max_det,
-                         classes=args.classes)
+    config = PostprocessConfig(score_threshold=args.conf, iou_threshold=args.iou, max_detections=args.max_det,
+                               classes=None if args.classes is None else tuple(args.classes))
     failures = frames = 0
     with contextlib.ExitStack() as stack:
+        detector = stack.enter_context(_batch_detector(args, config))
         sink = stack.enter_context(_json_lines(args.json)) if args.json else None
-        for result in tqdm(detector.detect_many(args.source), total=total, unit="frame", disable=kind == "image"):
-            frames += 1
-            if result.error is not None:
-                failures += 1
-                logger.error("%s", result.error)
-            else:
-                if args.save:
-                    _save_annotated(draw_detections(result.frame.image, result.detections, result.frame.full_size),
-                                    args.save / f"{result.frame.stem}.jpg")
-                if kind == "image" and not sink:
-                    for det in result.detections:
-                        print(f"{det.label:<16} {det.score:.3f}  " + " ".join(f"{v:.1f}" for v in det.box))
-            if sink:
-                sink.write(json.dumps(result.to_dict()) + "\n")
+        try:
+            for result in tqdm(detector.detect_many(args.source), total=total, unit="frame", disable=kind == "image"):
+                frames += 1
+                failures += result.error is not None
+                _report(result, args, print_detections=kind == "image" and not sink)
+                if sink:
+                    sink.write(json.dumps(result.to_dict()) + "\n")
+                    sink.flush()  # a native crash (libedgetpu aborts) loses nothing written before it
+        except DetectorProcessError as err:  # the Edge TPU gave out for good: say what is kept
+            kept = f", their results are in {args.json}" if sink else ""
+            raise DetectorProcessError(f"{err.problem}; {plural(frames, 'frame')} done before it{kept}",
+                                       err.fix) from None
     if failures:
         logger.warning("%d of %d frames could not be read (listed above%s)", failures, frames,
                        f" and in {args.json}" if args.json else "")
     return 1 if failures else 0
+
+
+def _report(result: Any, args: argparse.Namespace, print_detections: bool) -> None:
+    """One frame's error logged, or its annotated image saved (--save) and its detections printed."""
+    from .annotate import draw_detections
+
+    if result.error is not None:
+        logger.error("%s", result.error)
+        return
+    if args.save:
+        _save_annotated(draw_detections(result.frame.image, result.detections, result.frame.full_size),
+                        args.save / f"{result.frame.stem}.jpg")
+    if print_detections:
+        for det in result.detections:
+            print(f"{det.label:<16} {det.score:.3f}  " + " ".join(f"{v:.1f}" for v in det.box))
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

@@ -37,7 +37,7 @@ RED[..., 0] = 255  # the tiny model's class 'red' everywhere
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("libedgetpu")
-    return {behaviour: build_fake_libedgetpu(folder, behaviour) for behaviour in (*FAILING, "works")}
+    return {behaviour: build_fake_libedgetpu(folder, behaviour) for behaviour in (*FAILING, "works", "unplug")}
 
 
 @pytest.fixture
@@ -266,3 +266,77 @@ def test_detect_cli_exits_with_the_message_and_no_core_dump(compiled, fakes, beh
     assert run.returncode == 2, (run.returncode, run.stderr)
     assert SAYS[behaviour] in run.stderr and "fix:" in run.stderr and "Traceback" not in run.stderr
     assert not list(tmp_path.glob("core*"))
+
+
+# ------------------------------------------------------------------------ a Coral that drops mid-run
+FRAMES = 300
+
+
+@pytest.fixture(scope="module")
+def long_folder(tmp_path_factory) -> Path:
+    """FRAMES photo-sized noise images (hard links of 10 files), so that a run lasts seconds: time to unplug."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("frames")
+    noise = np.random.default_rng(0).integers(0, 256, (10, 480, 640, 3), dtype=np.uint8)
+    for index in range(FRAMES):
+        if index < len(noise):
+            Image.fromarray(noise[index]).save(folder / f"{index:04d}.png")
+        else:
+            os.link(folder / f"{index % len(noise):04d}.png", folder / f"{index:04d}.png")
+    return folder
+
+
+def detect_and_unplug(compiled: Path, library: Path, folder: Path, tmp_path: Path, device: str,
+                      unplug: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`detect --json` over ``folder`` on the fake Coral, which is unplugged (the trigger file written with
+    ``unplug``: 'once' or 'for good') once five frames are written; the exit, stderr and the JSON records."""
+    import time
+
+    records, trigger = tmp_path / "detections.jsonl", tmp_path / "unplugged"
+    run = subprocess.Popen([sys.executable, "-m", "edge_yolov9.cli", "detect", str(compiled), str(folder),
+                            "--device", device, "--json", str(records)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=_no_core_dumps,
+                           env={**os.environ, "EDGE_YOLOV9_LIBEDGETPU": str(library),
+                                "FAKE_LIBEDGETPU_UNPLUG": str(trigger)})
+    deadline = time.monotonic() + 120
+    while run.poll() is None and time.monotonic() < deadline:
+        if records.exists() and records.read_text().count("\n") >= 5:
+            trigger.write_text(unplug)
+            break
+        time.sleep(0.01)
+    stdout, stderr = run.communicate(timeout=180)
+    assert trigger.exists() or unplug == "once", "the run ended before the Coral could be unplugged"
+    done = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
+    return done, [json.loads(line) for line in records.read_text().splitlines()]
+
+
+def test_detect_survives_a_coral_that_drops_once(compiled, fakes, long_folder, tmp_path):
+    """libedgetpu aborts the process on a USB fault; the Edge TPU runs in a child process, which is started
+    again, and the frame is retried: every frame has its detections, in order."""
+    run, records = detect_and_unplug(compiled, fakes["unplug"], long_folder, tmp_path, "usb", "once")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["source"] for r in records] == sorted(str(p) for p in long_folder.iterdir())
+    assert all("detections" in r for r in records)
+    assert "killed by SIGABRT" in run.stderr and "starting it again (1 of 2)" in run.stderr
+    assert "Traceback" not in run.stderr and not list(tmp_path.glob("core*"))
+
+
+def test_detect_stops_with_what_it_kept_when_the_coral_stays_away(compiled, fakes, long_folder, tmp_path):
+    """Unplugged for good with --device usb: two restarts, then exit 2 with the error, the fix, and every
+    frame done before it in the JSON lines (flushed line by line: the aborts lose none)."""
+    run, records = detect_and_unplug(compiled, fakes["unplug"], long_folder, tmp_path, "usb", "for good")
+    assert run.returncode == 2, run.stderr[-3000:]
+    error = run.stderr[run.stderr.index("error: "):]
+    assert "The Edge TPU failed 3 times in this run" in error and "SIGABRT" in error
+    assert f"; {len(records)} frames done before it, their results are in" in error and "cable and power" in error
+    assert len(records) >= 5 and [r["source"] for r in records] == sorted(str(p) for p in long_folder.iterdir())[
+        :len(records)] and all("detections" in r for r in records)
+    assert "Traceback" not in run.stderr and not list(tmp_path.glob("core*"))
+
+
+def test_detect_on_auto_finishes_on_the_cpu_twin_when_the_coral_stays_away(compiled, fakes, long_folder, tmp_path):
+    run, records = detect_and_unplug(compiled, fakes["unplug"], long_folder, tmp_path, "auto", "for good")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["source"] for r in records] == sorted(str(p) for p in long_folder.iterdir())
+    assert "Running the CPU model for the rest of the run: the Edge TPU failed 3 times" in run.stderr

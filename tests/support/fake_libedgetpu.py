@@ -5,8 +5,11 @@ TFLite's external delegate interface loads it) and fail the way a mismatched or 
 Behaviours: ``segfault``, ``abort`` and ``hang`` in create_delegate; ``null`` returns no delegate (and reports
 an error, as libedgetpu does without a device); ``bad-prepare`` returns a delegate whose Prepare crashes when
 the interpreter applies it to the graph (where an ABI mismatch crashes); ``works`` returns a delegate that
-takes no node (the model runs on the CPU). Every library appends the options it was given (the device) to
-the file named by ``$FAKE_LIBEDGETPU_LOG``, when set.
+takes no node (the model runs on the CPU); ``unplug`` is ``works`` until the file named by
+``$FAKE_LIBEDGETPU_UNPLUG`` appears, and then aborts the process from a thread of its own, as libedgetpu's USB
+worker does on a transfer fault (a Coral unplugged or browned out mid-run); when that file says ``once`` it is
+removed first (the Coral is back for the next process). Every library appends the options it was given (the
+device) to the file named by ``$FAKE_LIBEDGETPU_LOG``, when set.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-BEHAVIOURS = ("segfault", "abort", "hang", "null", "bad-prepare", "works")
+BEHAVIOURS = ("segfault", "abort", "hang", "null", "bad-prepare", "works", "unplug")
 
 SOURCE = r"""
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 /* TfLiteDelegate of tensorflow/lite/core/c/common.h, in its field order; room at the end for the fields
@@ -48,6 +53,23 @@ static void record(char **keys, char **values, size_t count) {
   fclose(file);
 }
 
+static void *usb_worker(void *trigger) {
+  for (;;) {
+    FILE *file = fopen((const char *)trigger, "r");
+    if (file) {
+      char said[8] = {0};
+      fread(said, 1, sizeof said - 1, file);
+      fclose(file);
+      if (strncmp(said, "once", 4) == 0) unlink((const char *)trigger);
+      fprintf(stderr, "F driver/usb/usb_driver.cc:1148] HandleQueuedBulkIn transfer in failed. "
+                      "Not found: USB transfer error 5 [LibUsbDataInCallback]\n");
+      abort();
+    }
+    usleep(2000);
+  }
+  return NULL;
+}
+
 Delegate *tflite_plugin_create_delegate(char **keys, char **values, size_t count, void (*report)(const char *)) {
   record(keys, values, count);
 #if defined(FAKE_SEGFAULT)
@@ -63,6 +85,11 @@ Delegate *tflite_plugin_create_delegate(char **keys, char **values, size_t count
   Delegate *delegate = calloc(1, sizeof(Delegate));
 #if defined(FAKE_BAD_PREPARE)
   delegate->Prepare = prepare_crash;  /* data_ is NULL: Prepare dereferences it */
+#elif defined(FAKE_UNPLUG)
+  delegate->Prepare = prepare_nothing;
+  const char *trigger = getenv("FAKE_LIBEDGETPU_UNPLUG");
+  pthread_t worker;
+  if (trigger && pthread_create(&worker, NULL, usb_worker, strdup(trigger)) == 0) pthread_detach(worker);
 #else
   delegate->Prepare = prepare_nothing;
 #endif
@@ -84,6 +111,6 @@ def build_fake_libedgetpu(folder: Path, behaviour: str) -> Path:
     source.write_text(SOURCE)
     target = folder / f"libedgetpu-{behaviour}.so.1"
     macro = "FAKE_" + behaviour.upper().replace("-", "_")
-    subprocess.run([compiler, "-shared", "-fPIC", "-O0", f"-D{macro}", "-o", str(target), str(source)],
+    subprocess.run([compiler, "-shared", "-fPIC", "-pthread", "-O0", f"-D{macro}", "-o", str(target), str(source)],
                    check=True, capture_output=True, timeout=60)
     return target
