@@ -110,6 +110,7 @@ class FloatBranch:
         self.results: Connection | None = None
         self.parent_waiting: Event | None = None
         self.sender: threading.Thread | None = None
+        self.ran_here = False  # the job ran in this process (one core, or the worker died)
 
     def spawn(self) -> None:
         """Start the worker now, at the lowest CPU priority; it waits for ``start``'s job."""
@@ -132,6 +133,7 @@ class FloatBranch:
     def start(self, job: FloatJob) -> None:
         self.job = job
         if self.in_process:
+            self.ran_here = True
             self.done = run_float_job(job)
             return
         self.spawn()
@@ -153,11 +155,17 @@ class FloatBranch:
             self.process.join()
             logger.warning("The float conversion's worker process died (exit code %s); converting the float model "
                            "here instead", self.process.exitcode)
+            self.ran_here = True
             outcome = run_float_job(self.job)
         if isinstance(outcome, BaseException):
             raise outcome
         self.done = outcome
         return outcome
+
+    @property
+    def stage_prefix(self) -> str:
+        """What the float half's stage names get in the conversion's summary: ``beside:`` when the worker ran them."""
+        return "" if self.ran_here else BESIDE
 
     def close(self) -> None:
         """Stop the worker if it still runs (the conversion failed or was interrupted): nothing may write into

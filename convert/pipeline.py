@@ -33,7 +33,7 @@ from .calibration import DEFAULT_CALIBRATION_IMAGES, CalibrationSet, calibration
 from .edgetpu import (CompileResult, CompilerNotFoundError, EdgeTpuReport, ExitCode, compile_for_edgetpu,
                       find_compiler, precheck)
 from .export import calibrate_int8, check_layout, lower_int8, output_specs, prepare_for_export
-from .float_branch import BESIDE, FloatBranch, FloatJob
+from .float_branch import FloatBranch, FloatJob
 from .frigate import LABELMAP, write_labelmap
 from .metadata import build_metadata, metadata_for_compiled, save_with_metadata
 from .stages import StageClock
@@ -241,7 +241,7 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
     with clock.stage("waiting for the float half"):
         floats = float_branch.result()
         float_branch.close()
-    clock.add(floats.stage_seconds, prefix=BESIDE)
+    clock.add(floats.stage_seconds, prefix=float_branch.stage_prefix)
     if val_set is not None:
         result.accuracy = AccuracyReport.of(val_set, calibration.imgsz, *floats.references, int8_score,
                                             max_drop=options.max_drop)

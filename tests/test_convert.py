@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -450,11 +451,15 @@ def fast_pipeline(monkeypatch, out320):
     (CPU_OPS_LOG, [], 4),
     (CPU_OPS_LOG, ["--allow-cpu-ops"], 0),
 ])
-def test_convert_with_the_compiler(tmp_path, fast_pipeline, ball_checkpoint, coco128, capsys, log, extra, code):
+def test_convert_with_the_compiler(tmp_path, fast_pipeline, ball_checkpoint, coco128, capsys, caplog, log, extra,
+                                   code):
     compiler = fake_compiler(tmp_path / "bin", log)
     out = tmp_path / "out"
-    assert main(["convert", "--model", str(ball_checkpoint), "--imgsz", "320", "--calib", str(coco128),
-                 "--calib-images", "1", "--edgetpu", "--compiler", str(compiler), *extra, "-o", str(out)]) == code
+    with caplog.at_level(logging.INFO):
+        assert main(["convert", "--model", str(ball_checkpoint), "--imgsz", "320", "--calib", str(coco128),
+                     "--calib-images", "1", "--edgetpu", "--compiler", str(compiler), *extra, "-o", str(out)]) == code
+    stages = next(line for line in caplog.text.splitlines() if "Stage times:" in line)
+    assert "float lowering" in stages and "beside:" not in stages  # the float half ran in this process here
     assert "Edge TPU edgetpu_compiler 16.0.384591198: model_int8.tflite" in capsys.readouterr().out
     names = {p.name for p in out.iterdir()}
     assert {"model_int8_edgetpu.tflite", "model_int8_edgetpu.json", "model_int8_edgetpu.log",
