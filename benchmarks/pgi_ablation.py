@@ -7,18 +7,23 @@ Same seed, data, input size, epochs and recipe; both mAPs printed side by side. 
 its validation mAP stops rising (``--patience`` epochs without a better one, at most ``--epochs``); it prints
 each model's mean and standard deviation of the best mAP50-95 over the seeds and the difference. The runs live
 in ``--work`` (kept), so the mode can run for hours in the background, be stopped and started again: finished
-runs are read back, an interrupted one resumes from its last.pt.
+runs are read back, an interrupted one resumes from its last.pt. ``--jobs N`` trains N runs at a time, each in a
+process of its own with its share of the cores' torch threads: on a small CPU, where one run cannot keep every
+core busy, that finishes sooner (the figures in RESULTS.md say by how much).
 
     python benchmarks/pgi_ablation.py [--data shapes|DATA.yaml] [--epochs 30] [--device cuda]
-    python benchmarks/pgi_ablation.py --converge [--seeds 0 1 2] [--patience 15] [--work DIR]
+    python benchmarks/pgi_ablation.py --converge [--seeds 0 1 2] [--patience 15] [--jobs 2] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
 import statistics
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from training_runs import epoch_table, machine, run, summary
@@ -42,19 +47,33 @@ def converged_run(cfg: TrainConfig) -> list[EpochResult]:
     return [EpochResult(**row) for row in read_checkpoint(last)["history"]]
 
 
+def _converged_in_a_process(cfg: TrainConfig, threads: int) -> list[EpochResult]:
+    """converged_run with ``threads`` torch threads (a --jobs worker), its log lines marked with the run's name."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format=f"[{cfg.name}] %(message)s")
+    torch.set_num_threads(threads)
+    return converged_run(cfg)
+
+
 def converge(args: argparse.Namespace) -> None:
     best: dict[str, list[float]] = {model: [] for model in PAIRS[args.size]}
-    for seed in args.seeds:  # seed by seed: an interrupted ablation has whole pairs done
-        for model in PAIRS[args.size]:
-            cfg = TrainConfig(model=model, data=args.data, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch,
-                              nominal_batch=args.batch, device=args.device, seed=seed, warmup_epochs=3.0,
-                              close_mosaic=10, patience=args.patience, project=str(args.work),
-                              name=f"{model}-{args.imgsz}-seed{seed}", exist_ok=True)
-            history = converged_run(cfg)
-            top = max(history, key=lambda h: (h.map50_95, h.map50))
-            best[model].append(top.map50_95)
-            print(f"{model} seed {seed}: best mAP50-95 {top.map50_95:.4f} at epoch {top.epoch} of {len(history)} "
-                  f"({sum(h.seconds for h in history) / 3600:.1f} h)", flush=True)
+    runs = [(seed, model) for seed in args.seeds for model in PAIRS[args.size]]  # seed by seed: pairs end first
+    configs = [TrainConfig(model=model, data=args.data, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch,
+                           nominal_batch=args.batch, device=args.device, seed=seed, warmup_epochs=3.0,
+                           close_mosaic=10, patience=args.patience, project=str(args.work),
+                           name=f"{model}-{args.imgsz}-seed{seed}", exist_ok=True) for seed, model in runs]
+    if args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            histories = list(pool.map(_converged_in_a_process, configs, [threads] * len(configs)))
+    else:
+        histories = map(converged_run, configs)
+    for (seed, model), history in zip(runs, histories):
+        top = max(history, key=lambda h: (h.map50_95, h.map50))
+        best[model].append(top.map50_95)
+        print(f"{model} seed {seed}: best mAP50-95 {top.map50_95:.4f} at epoch {top.epoch} of {len(history)} "
+              f"({sum(h.seconds for h in history) / 3600:.1f} h)", flush=True)
     print(f"\n{machine()}; data {args.data}, {args.imgsz} px, until {args.patience} epochs without a better mAP "
           f"(at most {args.epochs}), seeds {' '.join(map(str, args.seeds))}\n")
     print("| model | best mAP50-95, mean ± std over seeds | per seed |\n|---|---|---|")
@@ -79,6 +98,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--converge: the seeds")
     parser.add_argument("--patience", type=int, default=15, help="--converge: epochs without a better mAP")
     parser.add_argument("--work", type=Path, default=CONVERGE_WORK, help="--converge: where the runs are kept")
+    parser.add_argument("--jobs", type=int, default=1, help="--converge: runs trained at a time, each in its own "
+                                                            "process with its share of the cores")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.epochs = args.epochs or (300 if args.converge else 30)
