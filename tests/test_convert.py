@@ -35,6 +35,7 @@ from edge_yolov9.train.models.deploy import deploy_model
 
 from support.conversions import CONFIDENT_IMAGES, OUTPUT_NAMES
 from support.small_disk import full_disk
+from support.terminal import as_from_a_terminal
 from support.waiting import wait_until
 
 INT8_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC", "MUL", "ADD", "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "PAD",
@@ -333,10 +334,6 @@ def test_ctrl_c_stops_a_conversion_cleanly(tmp_path, ball_checkpoint, coco128):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "edge_yolov9.cli", "convert", "--model", str(ball_checkpoint), "--imgsz", "320",
                "--calib", str(coco128 / "images" / "train2017"), "--calib-images", "128", "-o", str(out)]
-    def as_from_a_terminal() -> None:  # SIGINT handled by default and not blocked, whatever the test runner did
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
-
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
                            start_new_session=True, preexec_fn=as_from_a_terminal)
     status = Path(f"/proc/{run.pid}/status").read_text()

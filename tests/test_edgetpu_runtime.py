@@ -23,6 +23,7 @@ from edge_yolov9.interpreter import EdgeTpuLibrary, RuntimeSetupError, dpkg_libe
 from support.conversions import fake_edgetpu_model
 from support.fake_libedgetpu import build_fake_libedgetpu
 from support.fake_sysfs import usb_coral
+from support.terminal import as_from_a_terminal
 
 FAILING = ("segfault", "abort", "hang", "null", "bad-prepare")
 # What the error says each failure was (the probe's observation).
@@ -340,3 +341,27 @@ def test_detect_on_auto_finishes_on_the_cpu_twin_when_the_coral_stays_away(compi
     assert run.returncode == 0, run.stderr[-3000:]
     assert [r["source"] for r in records] == sorted(str(p) for p in long_folder.iterdir())
     assert "Running the CPU model for the rest of the run: the Edge TPU failed 3 times" in run.stderr
+
+
+def test_ctrl_c_stops_detect_and_its_detector_process(compiled, fakes, long_folder, tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C): exit 130, the lines written so far kept whole, and the
+    Edge TPU's child process gone with it."""
+    import signal
+    import time
+
+    records = tmp_path / "detections.jsonl"
+    run = subprocess.Popen([sys.executable, "-m", "edge_yolov9.cli", "detect", str(compiled), str(long_folder),
+                            "--device", "usb", "--json", str(records)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+                           env={**os.environ, "EDGE_YOLOV9_LIBEDGETPU": str(fakes["works"])},
+                           preexec_fn=as_from_a_terminal)
+    deadline = time.monotonic() + 120
+    while not (records.exists() and records.read_text().count("\n") >= 5) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    lines = records.read_text().splitlines()
+    assert 5 <= len(lines) < FRAMES and all("detections" in json.loads(line) for line in lines)
+    left = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(run.pid)], capture_output=True, text=True).stdout
+    assert not [line for line in left.splitlines() if " Z" not in line], left  # a zombie left to init is not alive
