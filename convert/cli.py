@@ -8,6 +8,8 @@ import contextlib
 import logging
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 from edge_yolov9.cli import CONVERT_INPUT_SIZES, add_command, float_arg, int_arg
 from edge_yolov9.errors import require
 from edge_yolov9.model_file import LAYOUTS
@@ -45,13 +47,44 @@ def _require(module: str, purpose: str, *, verbose: bool = False) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     _require("litert_torch", "Converting a model to TFLite", verbose=args.verbose)
+    sizes = list(dict.fromkeys(args.imgsz or [None]))
+    if len(sizes) > 1:
+        return _convert_sizes(args, sizes)
+    result = _convert_one(args, sizes[0], args.output)
+    _print_result(args, result)
+    return int(result.exit_code)
+
+
+def _convert_one(args: argparse.Namespace, imgsz, out_dir: Path):
     from .pipeline import ConvertOptions, convert_checkpoint
 
-    result = convert_checkpoint(ConvertOptions(
-        checkpoint=args.model, imgsz=args.imgsz, calib=args.calib, out_dir=args.output,
+    return convert_checkpoint(ConvertOptions(
+        checkpoint=args.model, imgsz=imgsz, calib=args.calib, out_dir=out_dir,
         calib_images=args.calib_images, uint8_io=args.uint8_io, edgetpu=args.edgetpu, compiler=args.compiler,
         min_runtime_version=args.min_runtime_version, allow_cpu_ops=args.allow_cpu_ops,
         accuracy=not args.no_accuracy, val=args.val, max_drop=args.max_drop, layout=args.layout))
+
+
+def _convert_sizes(args: argparse.Namespace, sizes: list) -> int:
+    """Each size converted into OUT/<WxH>/, then the sweep's table (convert.sweep)."""
+    from . import sweep
+
+    rows, notes = [], {}
+    for index, size in enumerate(sizes, 1):
+        logger.info("Size %s (%d of %d)", size, index, len(sizes))
+        result = _convert_one(args, size, args.output / str(size))
+        rows.append(sweep.SizeRow.of(result))
+        for note in result.notes:
+            notes.setdefault(note, []).append(str(size))
+    md_path, _ = sweep.save(args.output, rows)
+    print(sweep.render(rows))
+    print(f"Each size's models and reports are in {args.output}/<size>/; this table is {md_path}")
+    for note, where in notes.items():
+        print(f"note ({', '.join(where)}): {note}")
+    return sweep.exit_code(rows)
+
+
+def _print_result(args: argparse.Namespace, result) -> None:
     print(f"Wrote {result.out_dir}/:")
     for name, path in result.files.items():
         print(f"  {name:<36} {path.stat().st_size / 2**20:8.2f} MiB")
@@ -73,7 +106,6 @@ def _convert(args: argparse.Namespace) -> int:
         print(instructions(result.out_dir, result.imgsz, compiled, result.metadata["labels"]))
     for note in result.notes:
         print(f"note: {note}")
-    return int(result.exit_code)
 
 
 def _edgetpu(args: argparse.Namespace) -> int:
@@ -125,9 +157,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "accuracy report (COCO mAP of PyTorch, float and int8 TFLite on a labelled val set).\n\n"
                     + EXIT_CODES)
     convert.add_argument("--model", type=Path, required=True, help="edge-yolov9 checkpoint (.pt)")
-    convert.add_argument("--imgsz", type=CONVERT_INPUT_SIZES.arg(),
-                         help=f"square input size, {CONVERT_INPUT_SIZES.allowed} (default: the size the model was "
-                              "trained at)")
+    convert.add_argument("--imgsz", type=CONVERT_INPUT_SIZES.arg(), nargs="+",
+                         help=f"input size, {CONVERT_INPUT_SIZES.allowed} (default: the size the model was "
+                              "trained at); several sizes convert each into OUT/<WxH>/ and compare them in "
+                              "OUT/sizes.md: with --edgetpu, the largest that runs wholly on the Edge TPU")
     convert.add_argument("--calib", type=Path, required=True,
                          help="calibration images: a folder (searched recursively) or a YOLO data.yaml (train split)")
     convert.add_argument("--calib-images", type=int_arg(1), default=DEFAULT_CALIBRATION_IMAGES, metavar="N",

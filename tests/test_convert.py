@@ -443,6 +443,28 @@ def fast_pipeline(monkeypatch, out320):
     monkeypatch.setattr(edge_yolov9.convert.pipeline, "lower_int8", lambda *a: TFLiteModel.from_file(out / "model_int8.tflite"))
 
 
+def test_a_size_sweep_names_the_largest_size_wholly_on_the_edgetpu(tmp_path, ball_checkpoint, coco128, capsys):
+    """--imgsz with several sizes: each a whole conversion in OUT/<WxH>/, compiled, and the table of them. The fake
+    compiler maps every op of the 160 model and leaves 50 of the 192 one on the CPU (the real one maps less past
+    some input size)."""
+    compiler = fake_compiler(tmp_path / "bin", ALL_MAPPED_LOG, log_above=(160, CPU_OPS_LOG))
+    out = tmp_path / "out"
+    code = main(["convert", "--model", str(ball_checkpoint), "--imgsz", "192", "160", "--calib", str(coco128),
+                 "--calib-images", "8", "--edgetpu", "--compiler", str(compiler), "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "Largest size wholly on the Edge TPU: 160x160 (160x160/model_int8_edgetpu.tflite)" in printed
+    sweep = json.loads((out / "sizes.json").read_text())
+    assert sweep["chosen"] == "160x160" and [row["size"] for row in sweep["sizes"]] == ["160x160", "192x192"]
+    small, large = sweep["sizes"]
+    assert (small["ops_on_cpu"], small["exit_code"], large["ops_on_cpu"], large["exit_code"]) == (0, 0, 50, 4)
+    assert small["on_chip"] == "2.21MiB" and large["on_chip"] == "1.93MiB"
+    for side in (160, 192):
+        folder = out / f"{side}x{side}"
+        assert json.loads((folder / "model_int8.json").read_text())["input"]["shape"] == [1, side, side, 3]
+        assert (folder / "model_int8_edgetpu.tflite").is_file() and (folder / "model_float.tflite").is_file()
+    assert "| 192x192 | 4 |" in (out / "sizes.md").read_text()
+
+
 @pytest.mark.parametrize("log, extra, code", [
     (ALL_MAPPED_LOG, ["--uint8-io"], 0),
     (CPU_OPS_LOG, [], 4),

@@ -206,17 +206,26 @@ def test_parse_log_with_ops_on_the_cpu():
 
 
 # ------------------------------------------------------------------------------------- fake compiler
-def fake_compiler(folder: Path, log: str, *, returncode: int = 0, argv_file: Path | None = None) -> Path:
-    """An ``edgetpu_compiler`` stand-in: prints ``log``, writes <stem>_edgetpu.tflite/.log into -o."""
+def fake_compiler(folder: Path, log: str, *, returncode: int = 0, argv_file: Path | None = None,
+                  log_above: tuple[int, str] | None = None) -> Path:
+    """An ``edgetpu_compiler`` stand-in: prints ``log``, writes <stem>_edgetpu.tflite/.log into -o.
+    ``log_above=(side, other)``: a model whose input is taller than ``side`` gets ``other`` instead (the real
+    compiler maps less of a model past some input size)."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "edgetpu_compiler"
+    above, other = log_above or (None, None)
     script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""\
         import pathlib, shutil, sys
         args = sys.argv[1:]
         if {str(argv_file)!r} != "None":
             pathlib.Path({str(argv_file)!r}).write_text(" ".join(args))
         out, model = pathlib.Path(args[args.index("-o") + 1]), pathlib.Path(args[-1])
-        print({log!r})
+        log = {log!r}
+        if {above!r} is not None:
+            from edge_yolov9.convert.tflite_model import TFLiteModel
+            if TFLiteModel.from_file(model).inputs[0].shape[1] > {above!r}:
+                log = {other!r}
+        print(log)
         if {returncode} == 0:
             shutil.copy(model, out / (model.stem + "_edgetpu.tflite"))
             (out / (model.stem + "_edgetpu.log")).write_text("operation log")
