@@ -99,7 +99,7 @@ def test_ultralytics_import_reads_train_args(ultralytics_t_checkpoint, tmp_path)
 @pytest.mark.parametrize("size", ["160", "192", "224", "640"])
 def test_convert_takes_160_to_640(size):
     args = build_parser().parse_args(["convert", "--model", "m.pt", "--calib", "c", "-o", "o", "--imgsz", size])
-    assert args.imgsz == (int(size), int(size))
+    assert args.imgsz == [(int(size), int(size))]  # a list: several sizes make a sweep
 
 
 @pytest.mark.parametrize("size", ["128", "672", "300", "0"])
@@ -132,7 +132,8 @@ def test_the_convert_api_refuses_a_bad_size_before_writing(tmp_path, coco128):
 @pytest.mark.parametrize("text, size", [("384x224", (224, 384)), ("224x384", (384, 224)), ("320", (320, 320))])
 def test_sizes_are_width_x_height_as_screens_are_named(text, size):
     args = build_parser().parse_args(["convert", "--model", "m.pt", "--calib", "c", "-o", "o", "--imgsz", text])
-    assert args.imgsz == size and str(args.imgsz) == f"{size[1]}x{size[0]}"
+    [parsed] = args.imgsz
+    assert parsed == size and str(parsed) == f"{size[1]}x{size[0]}"
 
 
 def test_a_rectangular_input_costs_less_than_its_square(capsys):
