@@ -29,6 +29,7 @@ class SizeRow:
     exit_code: int                 # that conversion's (see convert's exit codes)
     int8_mib: float
     compiled: bool                 # the compiler ran and wrote a model
+    compile_failed: bool           # the compiler ran and wrote none
     ops_on_cpu: int | None         # None: not compiled
     on_chip: str | None            # the compiler's figures ("5.81MiB")
     off_chip: str | None
@@ -52,6 +53,7 @@ class SizeRow:
         accuracy = result.accuracy
         return cls(str(result.imgsz), int(result.exit_code),
                    round(result.files[INT8_MODEL].stat().st_size / 2**20, 2), compiled,
+                   result.compile is not None and not compiled,
                    summary.get("ops_on_cpu") if compiled else None, summary.get("on_chip_memory_used"),
                    summary.get("off_chip_memory_used"),
                    round(result.precheck.summary.get("streamed_parameter_bytes", 0) / 2**20, 2),
@@ -86,7 +88,8 @@ def render(rows: list[SizeRow]) -> str:
     lines = ["| size | exit | int8 MiB | ops on CPU | on-chip / off-chip parameters | streamed (precheck) | "
              "int8 mAP50-95 | int8 loss |", "|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda row: row.area):
-        mapping = "not compiled" if row.ops_on_cpu is None else str(row.ops_on_cpu)
+        mapping = "compile failed" if row.compile_failed else "not compiled" if row.ops_on_cpu is None \
+            else str(row.ops_on_cpu)
         memory = f"{row.on_chip} / {row.off_chip}" if row.compiled else "-"
         score = "-" if row.map50_95 is None else f"{row.map50_95:.4f}"
         drop = "-" if row.drop is None else f"{row.drop:.2f} AP"

@@ -9,6 +9,7 @@ toolchain notes (P2-P12) has a check here or in test_convert_tflite.py / test_ed
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import re
@@ -429,11 +430,8 @@ def test_the_pytorch_score_takes_the_threads_it_is_given_batch_by_batch(coco128)
 @pytest.fixture
 def fast_pipeline(monkeypatch, out320):
     """The pipeline with the converters replaced by the models converted once for this session."""
-    import edge_yolov9.convert.pipeline
-
-    import functools
-
     import edge_yolov9.convert.float_branch
+    import edge_yolov9.convert.pipeline
 
     out = out320 / "out"
     monkeypatch.setattr(edge_yolov9.convert.pipeline, "FloatBranch",
@@ -463,6 +461,20 @@ def test_a_size_sweep_names_the_largest_size_wholly_on_the_edgetpu(tmp_path, bal
         assert json.loads((folder / "model_int8.json").read_text())["input"]["shape"] == [1, side, side, 3]
         assert (folder / "model_int8_edgetpu.tflite").is_file() and (folder / "model_float.tflite").is_file()
     assert "| 192x192 | 4 |" in (out / "sizes.md").read_text()
+
+
+def test_a_sweep_without_a_size_wholly_on_the_edgetpu_says_so():
+    from edge_yolov9.convert.sweep import SizeRow, chosen, exit_code, render
+
+    row = functools.partial(SizeRow, int8_mib=2.4, on_chip=None, off_chip=None, streamed_estimate_mib=0.0,
+                            map50_95=None, drop=None)
+    rows = [row("320x320", 4, compiled=False, compile_failed=True, ops_on_cpu=None),
+            row("256x256", 4, compiled=True, compile_failed=False, ops_on_cpu=3)]
+    table = render(rows)
+    assert chosen(rows) is None and exit_code(rows) == 4 and "No size runs wholly on the Edge TPU" in table
+    assert table.index("| 256x256 | 4 | 2.40 | 3 |") < table.index("| 320x320 | 4 | 2.40 | compile failed |")
+    uncompiled = [row("320x320", 3, compiled=False, compile_failed=False, ops_on_cpu=None)]
+    assert "| not compiled |" in render(uncompiled) and "Not compiled for the Edge TPU" in render(uncompiled)
 
 
 @pytest.mark.parametrize("log, extra, code", [
