@@ -192,7 +192,7 @@ def score_references(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_mo
     all cores for the interpreter), asked as the interpreter starts and before each PyTorch batch: the PyTorch
     model comes last, so that it can take more threads as they become free. ``progress``: progress bars."""
     float_predictor = TFLitePredictor(float_model, threads=threads())
-    imgsz = InputSize(*float_predictor.detector.info.size)
+    imgsz = InputSize(*float_predictor.model.size)
     float_tflite = score(val_set, "float TFLite", float_model.name, float_predictor, clock=clock, progress=progress)
     pytorch = TorchPredictor(deployed, imgsz, threads=threads)
     return score(val_set, "PyTorch fp32", checkpoint.name, pytorch, clock=clock, progress=progress), float_tflite
@@ -206,4 +206,4 @@ def measure_accuracy(val_set: ValSet, deployed: YOLO, checkpoint: Path, float_mo
     references = score_references(val_set, deployed, checkpoint, float_model, clock=clock)
     int8_predictor = TFLitePredictor(int8_model)
     int8 = score(val_set, "int8 TFLite", int8_model.name, int8_predictor, clock=clock)
-    return AccuracyReport.of(val_set, int8_predictor.detector.info.size, *references, int8, max_drop=max_drop)
+    return AccuracyReport.of(val_set, int8_predictor.model.size, *references, int8, max_drop=max_drop)

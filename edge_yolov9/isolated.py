@@ -47,6 +47,17 @@ class ModelSummary:
     path: str
     fallback_reason: str | None = None  # why the CPU twin runs (the Detector's 'auto' found the Edge TPU unusable)
 
+    @classmethod
+    def of(cls, detector: Any) -> "ModelSummary":
+        """The summary of a loaded :class:`edge_yolov9.Detector`."""
+        return cls(tuple(detector.info.labels), detector.info.input, detector.device_used, str(detector.model_path),
+                   detector.fallback_reason)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The input's (height, width), as ``ModelInfo.size``."""
+        return self.input.shape[1], self.input.shape[2]
+
 
 @dataclass(frozen=True)
 class DetectorSpec:
@@ -83,8 +94,7 @@ def _child_main(connection: Connection, spec: DetectorSpec, log_level: int) -> N
     except EdgeYoloError as err:
         connection.send(("error", err))
         return
-    connection.send(("ready", ModelSummary(tuple(detector.info.labels), detector.info.input, detector.device_used,
-                                           str(detector.model_path), detector.fallback_reason)))
+    connection.send(("ready", ModelSummary.of(detector)))
     while True:
         try:
             prepared = Prepared(*connection.recv())
@@ -150,8 +160,8 @@ class DetectorProcess:
         self.close()
         self.spec = replace(self.spec, **changes)
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_child_main, args=(child, self.spec, logger.getEffectiveLevel()), name="edge-yolov9-detector",
-                                        daemon=True)
+        process = self._context.Process(target=_child_main, args=(child, self.spec, logger.getEffectiveLevel()),
+                                        name="edge-yolov9-detector", daemon=True)
         process.start()
         child.close()
         _limit_send_time(parent, self.stall_timeout)
@@ -224,10 +234,13 @@ class IsolatedDetector:
     the Edge TPU: a child that dies or stalls is started again and the frame retried, at most ``max_restarts``
     times in the batch; the failure after that ends the batch (a DetectorProcessError), or with device 'auto'
     and a CPU twin beside the model, hands the rest of the batch to the CPU twin (``fallback_reason`` says why).
-    ``detect_many`` is :meth:`edge_yolov9.Detector.detect_many`."""
+    ``cpu_fallback=False`` keeps a batch on the device it started on (``val``: figures of two devices mixed would
+    describe neither). ``detect_many`` is :meth:`edge_yolov9.Detector.detect_many`."""
 
-    def __init__(self, spec: DetectorSpec, *, stall_timeout: float = 10.0, max_restarts: int = 2):
+    def __init__(self, spec: DetectorSpec, *, stall_timeout: float = 10.0, max_restarts: int = 2,
+                 cpu_fallback: bool = True):
         self.max_restarts = max_restarts
+        self.cpu_fallback = cpu_fallback
         self.restarts = 0
         self._process = DetectorProcess(spec, stall_timeout=stall_timeout)
         self.summary = self._process.start()
@@ -255,22 +268,38 @@ class IsolatedDetector:
             self.restarts += 1
             logger.warning("%s; starting it again (%d of %d)", failure.problem, self.restarts, self.max_restarts)
             try:
-                self.summary = self._process.start()
+                self._restart()
                 return self._process.detect_prepared(prepared)
             except EdgeYoloError as again:  # a dead child, or the Edge TPU now unusable at load
                 failure = again
-        if parse_device(self._process.spec.device).kind != "auto" or self.summary.device == "cpu" \
-                or cpu_twin(Path(self._process.spec.model)) is None:
+        problem = f"The Edge TPU failed {self.restarts + 1} times in this run (the last time: {failure.problem})"
+        if not self._may_fall_back():
+            instead = "; --device auto goes on with the CPU model instead" \
+                if self.cpu_fallback and parse_device(self._process.spec.device).kind != "auto" else ""
             raise DetectorProcessError(
-                f"The Edge TPU failed {self.restarts + 1} times in this run (the last time: {failure.problem})",
-                "check the Coral's cable and power (a Pi 5 gives USB devices 600 mA unless usb_max_current_enable=1; "
-                "a powered hub helps), re-plug it, then run again; `edge-yolov9 doctor` checks the rest; "
-                "--device auto goes on with the CPU model instead")
-        self.fallback_reason = f"the Edge TPU failed {self.restarts + 1} times in this run (the last time: " \
-                               f"{failure.problem})"
+                problem, "check the Coral's cable and power (a Pi 5 gives USB devices 600 mA unless "
+                         "usb_max_current_enable=1; a powered hub helps), re-plug it, then run again; "
+                         f"`edge-yolov9 doctor` checks the rest{instead}")
+        self.fallback_reason = problem[0].lower() + problem[1:]
         logger.warning("Running the CPU model for the rest of the run: %s", self.fallback_reason)
         self.summary = self._process.start(device="cpu")
         return self._process.detect_prepared(prepared)
+
+    def _restart(self) -> None:
+        """Start the child again; with device 'auto' it may load the CPU twin (the Edge TPU unusable at load),
+        which is a fallback like any other."""
+        summary = self._process.start()
+        if summary.device != self.summary.device:
+            if not self.cpu_fallback:
+                self._process.close()
+                raise DetectorProcessError(f"the Edge TPU could not be used again: {summary.fallback_reason}",
+                                           "check the Coral with `edge-yolov9 doctor`")
+            self.fallback_reason = summary.fallback_reason
+        self.summary = summary
+
+    def _may_fall_back(self) -> bool:
+        return (self.cpu_fallback and parse_device(self._process.spec.device).kind == "auto"
+                and self.summary.device != "cpu" and cpu_twin(Path(self._process.spec.model)) is not None)
 
     def detect_many(self, source: Any, *, bgr: bool = False) -> Iterator[Any]:
         from .detector import frame_results

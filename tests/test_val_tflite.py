@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,69 @@ def test_device_options_need_a_converted_model(tmp_path, colours, capsys):
     checkpoint.write_bytes(b"not read: the options are refused first")
     assert main(["val", "--model", str(checkpoint), "--data", str(colours), "--compare-cpu"]) == 2
     assert "apply to a converted model (.tflite)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ a Coral that drops mid-run
+@pytest.fixture
+def unplug(compiled, tmp_path, monkeypatch) -> Path:
+    """The fake libedgetpu that aborts its process (libedgetpu's USB fault) once this trigger file appears."""
+    monkeypatch.setenv("EDGE_YOLOV9_LIBEDGETPU", str(build_fake_libedgetpu(tmp_path / "lib-unplug", "unplug")))
+    monkeypatch.setenv("FAKE_LIBEDGETPU_UNPLUG", str(tmp_path / "unplugged"))
+    return tmp_path / "unplugged"
+
+
+def unplugging_after(predictor: TFLitePredictor, trigger: Path, said: str, batches: int):
+    """``predictor``, with the Coral unplugged (``said``: 'once' or 'for good') after ``batches`` batches;
+    'once' waits until the library has seen it (it removes the file and aborts its process)."""
+    done = 0
+
+    def predict(images):
+        nonlocal done
+        done += 1
+        if done == batches + 1:
+            trigger.write_text(said)
+            deadline = time.monotonic() + 30
+            while said == "once" and trigger.exists() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return predictor(images)
+    return predict
+
+
+def test_val_survives_a_coral_that_drops_once(compiled, colours, unplug, caplog):
+    """The Edge TPU model runs in a child process that libedgetpu's abort takes down; it is started again and the
+    image retried: the same metrics as its CPU twin's, on the Edge TPU throughout."""
+    eval_set = load_eval_set(colours)
+    with TFLitePredictor(compiled, device="usb") as edgetpu, caplog.at_level("WARNING"):
+        dropped = evaluate(eval_set, unplugging_after(edgetpu, unplug, "once", 1), batch_size=2).metrics
+        assert edgetpu.model.device == "usb"
+    cpu = evaluate(eval_set, TFLitePredictor(compiled.with_name("tiny_int8.tflite"))).metrics
+    assert dropped == cpu and dropped.num_images == 6
+    assert "killed by SIGABRT" in caplog.text and "starting it again (1 of 2)" in caplog.text
+
+
+@pytest.fixture
+def many_colours(tmp_path) -> Path:
+    """colours' data with 120 images: more than restarted children that abort within milliseconds can answer."""
+    for folder in ("images", "labels"):
+        (tmp_path / "many" / folder).mkdir(parents=True)
+    for index in range(120):
+        colour, class_id = ((255, 0, 0), 0) if index % 2 else ((0, 0, 255), 1)
+        Image.fromarray(np.full((64, 96, 3), colour, np.uint8)).save(tmp_path / "many" / "images" / f"{index}.png")
+        (tmp_path / "many" / "labels" / f"{index}.txt").write_text(f"{class_id} 0.5 0.5 1.0 1.0\n")
+    (tmp_path / "many" / "data.yaml").write_text("path: .\nval: images\nnames: [red, blue]\n")
+    return tmp_path / "many" / "data.yaml"
+
+
+def test_val_stops_on_a_coral_gone_for_good_and_never_scores_the_cpu_instead(compiled, many_colours, unplug):
+    """Even with device 'auto' and a CPU twin beside the model, val does not finish on the CPU (its figures
+    would mix two devices): after two restarts it stops with the error and the fix, its child gone."""
+    from edge_yolov9.isolated import DetectorProcessError
+
+    with TFLitePredictor(compiled, device="auto") as edgetpu:
+        assert edgetpu.model.device != "cpu"
+        with pytest.raises(DetectorProcessError) as failed:
+            evaluate(load_eval_set(many_colours), unplugging_after(edgetpu, unplug, "for good", 2), batch_size=2)
+        child = edgetpu._detector._process
+    assert "The Edge TPU failed 3 times in this run" in failed.value.problem
+    assert "cable and power" in failed.value.fix and "--device auto" not in failed.value.fix
+    assert not child.running

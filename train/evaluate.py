@@ -269,16 +269,40 @@ def coco_metrics(gt: GroundTruth, results: Sequence[dict[str, Any]]) -> Metrics:
 
 class TFLitePredictor:
     """A converted .tflite as a :data:`BatchPredictor`: the runtime's own Detector (what runs on the Pi), with
-    the COCO-evaluation thresholds; ``device`` as the Detector takes it (an Edge TPU model on 'usb'...)."""
+    the COCO-evaluation thresholds; ``device`` as the Detector takes it (an Edge TPU model on 'usb'...).
+    A model that runs on the Edge TPU runs in a child process (``edge_yolov9.isolated``): a Coral that drops
+    mid-run is started again and the image retried, and never swapped for the CPU mid-run (the figures would
+    mix two devices). ``model`` says what was loaded; a context manager that stops the child."""
 
     def __init__(self, model: str | os.PathLike, *, device: str = "cpu", threads: int | None = None,
                  config: PostprocessConfig = PostprocessConfig.for_evaluation()):
         from edge_yolov9.detector import Detector
+        from edge_yolov9.isolated import DetectorSpec, IsolatedDetector, ModelSummary, runs_on_edgetpu
 
-        self.detector = Detector(model, device=device, threads=threads, config=config)
+        self._in_child = runs_on_edgetpu(model, device)
+        if self._in_child:
+            self._detector = IsolatedDetector(DetectorSpec(str(model), device, threads, config), cpu_fallback=False)
+            self.model: ModelSummary = self._detector.summary
+        else:
+            self._detector = Detector(model, device=device, threads=threads, config=config)
+            self.model = ModelSummary.of(self._detector)
+
+    def __enter__(self) -> "TFLitePredictor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._in_child:
+            self._detector.close()
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return [as_detections(self.detector.detect(image)) for image in images]
+        from edge_yolov9.detector import prepare
+        from edge_yolov9.preprocess import to_rgb
+
+        return [as_detections(self._detector.detect_prepared(prepare(to_rgb(image), self.model.input))[0])
+                for image in images]
 
 
 def as_detections(found: Sequence[Any]) -> Detections:

@@ -6,6 +6,7 @@ Imports of torch and the evaluation code happen in the handler, so ``edge-yolov9
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -41,23 +42,24 @@ def _val(args: argparse.Namespace) -> int:
                          "pass the .tflite written by `edge-yolov9 convert` (or its _edgetpu compilation)")
     eval_set = load_eval_set(args.data, split=args.split, images=args.images)  # data errors before the model loads
     predictor, model_names = _converted(args) if converted else _checkpoint(args)
-    if len(model_names) != len(eval_set.names):
-        raise ModelError(f"{args.model} detects {len(model_names)} classes but {args.data} has "
-                         f"{len(eval_set.names)}", "evaluate on data with the classes the model was trained on")
-    if list(model_names) != list(eval_set.names):
-        logger.warning("The model's class names (%s, ...) differ from the data's (%s, ...); "
-                       "the model's class k is scored as the data's class k", model_names[0], eval_set.names[0])
-    result = evaluate(eval_set, predictor, batch_size=args.batch, progress="val")
-    if args.save_json:
-        with writing(args.save_json, "the detections"):
-            args.save_json.parent.mkdir(parents=True, exist_ok=True)
-            args.save_json.write_text(json.dumps(result.results))
-        logger.info("Wrote %d detections to %s", len(result.results), args.save_json)
-    if args.compare_cpu:
-        report = _compare_with_cpu_twin(args, eval_set, predictor, result.metrics)
-        print_result(report, args.json, _render_comparison)
-    else:
-        print_result(result.metrics.to_dict(), args.json, _render)
+    with predictor if converted else contextlib.nullcontext():  # an Edge TPU model's child process
+        if len(model_names) != len(eval_set.names):
+            raise ModelError(f"{args.model} detects {len(model_names)} classes but {args.data} has "
+                             f"{len(eval_set.names)}", "evaluate on data with the classes the model was trained on")
+        if list(model_names) != list(eval_set.names):
+            logger.warning("The model's class names (%s, ...) differ from the data's (%s, ...); "
+                           "the model's class k is scored as the data's class k", model_names[0], eval_set.names[0])
+        result = evaluate(eval_set, predictor, batch_size=args.batch, progress="val")
+        if args.save_json:
+            with writing(args.save_json, "the detections"):
+                args.save_json.parent.mkdir(parents=True, exist_ok=True)
+                args.save_json.write_text(json.dumps(result.results))
+            logger.info("Wrote %d detections to %s", len(result.results), args.save_json)
+        if args.compare_cpu:
+            report = _compare_with_cpu_twin(args, eval_set, predictor, result.metrics)
+            print_result(report, args.json, _render_comparison)
+        else:
+            print_result(result.metrics.to_dict(), args.json, _render)
     return 0
 
 
@@ -77,12 +79,13 @@ def _converted(args: argparse.Namespace):
     from .evaluate import TFLitePredictor
 
     predictor = TFLitePredictor(args.model, device=args.device or "auto")
-    detector = predictor.detector
-    if args.imgsz is not None and tuple(args.imgsz) != detector.info.size:
-        raise ModelError(f"{args.model} was converted for {InputSize(*detector.info.size)}; it cannot run at "
+    loaded = predictor.model
+    if args.imgsz is not None and tuple(args.imgsz) != loaded.size:
+        predictor.close()
+        raise ModelError(f"{args.model} was converted for {InputSize(*loaded.size)}; it cannot run at "
                          f"{args.imgsz}", "leave out --imgsz (or convert again at that size)")
-    logger.info("Scoring %s on %s", detector.model_path, detector.device_used)
-    return predictor, detector.info.labels
+    logger.info("Scoring %s on %s", loaded.path, loaded.device)
+    return predictor, loaded.labels
 
 
 def _compare_with_cpu_twin(args: argparse.Namespace, eval_set, edgetpu, edgetpu_metrics) -> dict:
@@ -93,15 +96,15 @@ def _compare_with_cpu_twin(args: argparse.Namespace, eval_set, edgetpu, edgetpu_
 
     from .evaluate import TFLitePredictor, agreement_set, evaluate
 
-    detector = edgetpu.detector
+    loaded = edgetpu.model
     twin = cpu_twin(Path(args.model))
     if twin is None:
         raise ModelError(f"--compare-cpu compares an Edge TPU model with its CPU twin; {args.model} has none "
                          "beside it", "pass the _edgetpu.tflite from `edge-yolov9 convert --edgetpu`, with the "
                          "model it was compiled from in the same folder")
-    if detector.device_used == "cpu":
+    if loaded.device == "cpu":
         raise ModelError(f"--compare-cpu needs the Edge TPU, and {args.model} ran on the CPU: "
-                         f"{detector.fallback_reason or 'no Edge TPU was asked for'}",
+                         f"{loaded.fallback_reason or 'no Edge TPU was asked for'}",
                          "plug in the Coral (see `edge-yolov9 doctor`) and pass --device usb or pci")
     cpu = TFLitePredictor(twin, device="cpu")
     cpu_metrics = evaluate(eval_set, cpu, batch_size=args.batch).metrics
@@ -109,7 +112,7 @@ def _compare_with_cpu_twin(args: argparse.Namespace, eval_set, edgetpu, edgetpu_
                                                                    score_threshold=AGREEMENT_SCORE))
     agreed = agreement_set(eval_set.image_paths, eval_set.names, reference, batch_size=args.batch)
     agreement = None if agreed is None else evaluate(agreed, edgetpu, batch_size=args.batch).metrics
-    return {"edgetpu": {"model": str(detector.model_path), "device": detector.device_used,
+    return {"edgetpu": {"model": loaded.path, "device": loaded.device,
                         **edgetpu_metrics.to_dict()},
             "cpu": {"model": str(twin), **cpu_metrics.to_dict()},
             "agreement": None if agreement is None else {
@@ -152,5 +155,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--compare-cpu", action="store_true",
                      help="for an Edge TPU model: also score its CPU twin, and the Edge TPU model's agreement with it")
     val.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    val.add_argument("--save-json", type=Path, metavar="FILE", help="write the detections as a COCO results json (image ids: the json's, or 1..N in "
-                          "sorted image order for YOLO labels)")
+    val.add_argument("--save-json", type=Path, metavar="FILE",
+                     help="write the detections as a COCO results json (image ids: the json's, or 1..N in sorted "
+                          "image order for YOLO labels)")
