@@ -154,6 +154,11 @@ class DetectorProcess:
     def running(self) -> bool:
         return self._connection is not None
 
+    @property
+    def cpu_twin_can_take_over(self) -> bool:
+        """Whether the child is not asked for the CPU already and the model has a CPU twin beside it."""
+        return parse_device(self.spec.device).kind != "cpu" and cpu_twin(Path(self.spec.model)) is not None
+
     def start(self, **changes: Any) -> ModelSummary:
         """(Re)start the child, ``spec`` updated with ``changes`` (e.g. ``device='cpu'``), and wait until its model
         is loaded. An error of the Detector there (a missing model, an unusable Edge TPU) is raised as it is."""
@@ -299,7 +304,7 @@ class IsolatedDetector:
 
     def _may_fall_back(self) -> bool:
         return (self.cpu_fallback and parse_device(self._process.spec.device).kind == "auto"
-                and self.summary.device != "cpu" and cpu_twin(Path(self._process.spec.model)) is not None)
+                and self.summary.device != "cpu" and self._process.cpu_twin_can_take_over)
 
     def detect_many(self, source: Any, *, bgr: bool = False) -> Iterator[Any]:
         from .detector import frame_results

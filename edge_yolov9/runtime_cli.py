@@ -20,10 +20,10 @@ from .postprocess import PostprocessConfig
 logger = logging.getLogger(__name__)
 
 
-def _labels(args: argparse.Namespace) -> list[str] | None:
+def _labels(args: argparse.Namespace) -> tuple[str, ...] | None:
     if not args.labels:
         return None
-    return [line.strip() for line in args.labels.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return tuple(line.strip() for line in args.labels.read_text(encoding="utf-8-sig").splitlines() if line.strip())
 
 
 def _detector(args: argparse.Namespace, **postprocess_options: Any):
@@ -39,9 +39,7 @@ def _batch_detector(args: argparse.Namespace, config: PostprocessConfig):
 
     if not runs_on_edgetpu(args.model, args.device):
         return contextlib.nullcontext(_detector(args, config=config))
-    labels = _labels(args)
-    return IsolatedDetector(DetectorSpec(str(args.model), args.device, args.threads, config,
-                                         labels=None if labels is None else tuple(labels)))
+    return IsolatedDetector(DetectorSpec(str(args.model), args.device, args.threads, config, labels=_labels(args)))
 
 
 def _check_save_folder(folder: Path) -> None:

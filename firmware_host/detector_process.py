@@ -18,9 +18,7 @@ from typing import Callable
 
 from edge_yolov9.detector import Prepared
 from edge_yolov9.errors import EdgeYoloError
-from edge_yolov9.interpreter import parse_device
 from edge_yolov9.isolated import DetectorProcess, DetectorSpec, ModelSummary
-from edge_yolov9.model_file import cpu_twin
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.types import Detection
 
@@ -85,8 +83,7 @@ class RemoteDetector:
 
     def _can_fall_back(self) -> bool:
         """Whether the CPU twin may take over: allowed, not already on the CPU, and there is a twin."""
-        return (self.model.fallback_to_cpu and parse_device(self._process.spec.device).kind != "cpu"
-                and cpu_twin(self.model.path) is not None)
+        return self.model.fallback_to_cpu and self._process.cpu_twin_can_take_over
 
     def _fall_back(self, reason: str) -> None:
         self._process.spec = replace(self._process.spec, device="cpu")
