@@ -138,6 +138,10 @@ class WatchdogConfig(Section):
     max_restarts: int = Field(5, ge=1, description="restarts within restart_window before backing off")
     restart_window: float = Field(60.0, gt=0)
     backoff_max: float = Field(60.0, gt=0, description="longest wait between detector restarts (seconds)")
+    power_cycle_usb: bool = Field(False, description="when the detector keeps failing on a USB Coral, power-cycle "
+                                                     "the Coral's port with uhubctl (once per restart_window) before "
+                                                     "falling back or backing off; a Pi 4 switches all its USB ports "
+                                                     "together")
 
 
 class HttpConfig(Section):

@@ -16,11 +16,13 @@ import time
 from dataclasses import replace
 from typing import Callable
 
+from edge_yolov9 import host
 from edge_yolov9.detector import Prepared
 from edge_yolov9.errors import EdgeYoloError
 from edge_yolov9.isolated import DetectorProcess, DetectorSpec, ModelSummary
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.types import Detection
+from edge_yolov9.usb_power import power_cycle_usb_corals
 
 from .config import ModelConfig, WatchdogConfig
 from .stats import Stats
@@ -53,6 +55,7 @@ class RemoteDetector:
         self._restarts: list[float] = []
         self._not_before = 0.0
         self._backoff = 1.0
+        self._power_cycled: float | None = None  # when the Coral's port was last power-cycled (monotonic)
 
     @property
     def pid(self) -> int | None:
@@ -111,7 +114,9 @@ class RemoteDetector:
             raise DetectorUnavailable(f"detector restarts are backing off for {self._not_before - now:.0f} s more",
                                       "see the earlier errors for why it failed")
         self._restarts = [t for t in self._restarts if now - t < self.watchdog.restart_window] + [now]
-        if len(self._restarts) > self.watchdog.max_restarts and self._can_fall_back():
+        if len(self._restarts) > self.watchdog.max_restarts and self._power_cycle():
+            self._restarts.clear()
+        elif len(self._restarts) > self.watchdog.max_restarts and self._can_fall_back():
             self._fall_back(f"the Edge TPU failed the detector process {len(self._restarts)} times within "
                             f"{self.watchdog.restart_window:g} s (last: {self.stats.detector_error})")
             self._restarts.clear()
@@ -127,6 +132,24 @@ class RemoteDetector:
         logger.warning("Restarting the detector process")
         self.start()
         self._backoff = 1.0
+
+    def _power_cycle(self) -> bool:
+        """Power-cycle the USB Coral's port, where ``watchdog.power_cycle_usb`` asks for it, the detector runs
+        on the Edge TPU and no power cycle happened within the restart window; whether it was done."""
+        now = time.monotonic()
+        if not self.watchdog.power_cycle_usb or self.summary is None or self.summary.device == "cpu" or (
+                self._power_cycled is not None and now - self._power_cycled < self.watchdog.restart_window):
+            return False
+        self._power_cycled = now
+        try:
+            cycled = power_cycle_usb_corals(host.ROOT)
+        except EdgeYoloError as err:
+            logger.error("Could not power-cycle the Coral: %s (fix: %s)", err.problem, err.fix)
+            return False
+        self.stats.usb_power_cycled()
+        logger.warning("The detector failed %d times within %g s: power-cycled the Coral (%s)",
+                       len(self._restarts), self.watchdog.restart_window, ", ".join(cycled))
+        return True
 
     def _fail(self, problem: str, fix: str | None) -> None:
         """Record the failure (the child is gone) and raise DetectorUnavailable."""

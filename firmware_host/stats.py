@@ -90,6 +90,7 @@ class Stats:
         self.detector_device: str | None = None
         self.detector_pid: int | None = None
         self.detector_fallback_reason: str | None = None  # why the CPU twin runs instead of the Edge TPU
+        self.usb_power_cycles = 0
         self.inference_ms: float | None = None
         self.events = 0
         self._throttled: tuple[float, str | None] | None = None  # (when read, value)
@@ -138,6 +139,10 @@ class Stats:
         with self._lock:
             self.detector_fallback_reason = reason
 
+    def usb_power_cycled(self) -> None:
+        with self._lock:
+            self.usb_power_cycles += 1
+
     def events_sent(self, count: int) -> None:
         with self._lock:
             self.events += count
@@ -169,7 +174,8 @@ class Stats:
                              "device": self.detector_device, "pid": self.detector_pid,
                              "inference_ms": None if self.inference_ms is None else round(self.inference_ms, 2),
                              "restarts": self.detector_restarts, "last_error": self.detector_error,
-                             "fallback_reason": self.detector_fallback_reason},
+                             "fallback_reason": self.detector_fallback_reason,
+                             "usb_power_cycles": self.usb_power_cycles},
                 "events": self.events,
                 "system": system,
             }
@@ -192,6 +198,8 @@ class Stats:
             ("detector_up", "gauge", "1 while the detector process is ready", int(detector["status"] == "online")),
             ("inference_milliseconds", "gauge", "Inference time, exponential average", detector["inference_ms"]),
             ("detector_restarts_total", "counter", "Detector process restarts", detector["restarts"]),
+            ("usb_power_cycles_total", "counter", "Times the Coral's USB port was power-cycled",
+             detector["usb_power_cycles"]),
             ("events_total", "counter", "Object events sent", stats["events"]),
             ("cpu_temperature_celsius", "gauge", "SoC temperature", system["cpu_temperature"]),
             ("resident_memory_bytes", "gauge", "Resident memory of the daemon", system["rss_bytes"]),
