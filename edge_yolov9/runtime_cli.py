@@ -173,8 +173,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from . import host
     from .doctor import render, run_checks
+    from .usb_power import power_cycle_usb_corals
 
+    if args.power_cycle_usb:
+        logger.info("Power-cycled %s; checking again", ", ".join(power_cycle_usb_corals(host.ROOT)))
     checks = run_checks(args.model)
     print_result([c.to_dict() for c in checks] if args.json else checks, args.json, render)
     return 0 if all(c.ok for c in checks if c.required) else 1
@@ -236,3 +240,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Exit 1 when a required check fails.")
     doctor.add_argument("--model", type=Path, help="also check this .tflite and what it needs to run")
     doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--power-cycle-usb", action="store_true",
+                        help="first power-cycle the USB Coral's port with uhubctl (a Coral wedged after a USB fault; "
+                             "a Pi 4 switches all its USB ports together)")

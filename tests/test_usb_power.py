@@ -83,6 +83,21 @@ def test_no_coral_no_power_cycle(tmp_path, monkeypatch):
     assert not (tmp_path / "uhubctl.log").exists()
 
 
+def test_doctor_power_cycles_first_when_asked(machine, tmp_path, monkeypatch, capsys, caplog):
+    from edge_yolov9.cli import main
+
+    log = tmp_path / "uhubctl.log"
+    fake_uhubctl(tmp_path / "bin", machine, log, back_after=0.2)
+    monkeypatch.setattr(host, "ROOT", machine)
+    caplog.set_level(logging.INFO)
+    main(["doctor", "--power-cycle-usb", "--json"])
+    assert log.read_text() == "-l 1-1 -p 2 -a cycle -d 2\n" and "Power-cycled 1-1 port 2; checking again" in caplog.text
+    assert json.loads(capsys.readouterr().out)  # then the checks, as without the option
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert main(["doctor", "--power-cycle-usb"]) == 2
+    assert "sudo apt install uhubctl" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- the daemon
 def test_the_daemon_power_cycles_a_wedged_coral_and_stays_on_the_edge_tpu(tiny_model, machine, tmp_path,
                                                                            monkeypatch, caplog):
