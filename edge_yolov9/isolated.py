@@ -283,7 +283,8 @@ class IsolatedDetector:
                 if self.cpu_fallback and parse_device(self._process.spec.device).kind != "auto" else ""
             raise DetectorProcessError(
                 problem, "check the Coral's cable and power (a Pi 5 gives USB devices 600 mA unless "
-                         "usb_max_current_enable=1; a powered hub helps), re-plug it, then run again; "
+                         "usb_max_current_enable=1; a powered hub helps), re-plug it (or `edge-yolov9 doctor "
+                         "--power-cycle-usb`), then run again; "
                          f"`edge-yolov9 doctor` checks the rest{instead}")
         self.fallback_reason = problem[0].lower() + problem[1:]
         logger.warning("Running the CPU model for the rest of the run: %s", self.fallback_reason)
