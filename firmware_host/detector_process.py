@@ -19,6 +19,7 @@ from typing import Callable
 from edge_yolov9 import host
 from edge_yolov9.detector import Prepared
 from edge_yolov9.errors import EdgeYoloError
+from edge_yolov9.interpreter import parse_device
 from edge_yolov9.isolated import DetectorProcess, DetectorSpec, ModelSummary
 from edge_yolov9.postprocess import PostprocessConfig
 from edge_yolov9.types import Detection
@@ -63,20 +64,29 @@ class RemoteDetector:
 
     def start(self) -> ModelSummary:
         """Start the child and wait until its model is loaded; DetectorUnavailable if it cannot load it. An
-        Edge TPU that cannot be loaded gives way to the CPU twin where ``model.fallback_to_cpu`` allows."""
+        Edge TPU that cannot be loaded is power-cycled first where ``watchdog.power_cycle_usb`` asks (a wedged
+        USB Coral fails right there), then gives way to the CPU twin where ``model.fallback_to_cpu`` allows."""
         try:
             return self._start()
         except DetectorUnavailable as err:
-            if not self._can_fall_back():
-                raise
-            self._fall_back(f"the Edge TPU could not be loaded: {err.problem}")
-            return self._start()
+            failure = err
+        if self._power_cycle():
+            try:
+                return self._start()
+            except DetectorUnavailable as err:
+                failure = err
+        if not self._can_fall_back():
+            raise failure
+        self._fall_back(f"the Edge TPU could not be loaded: {failure.problem}")
+        return self._start()
 
     def _start(self) -> ModelSummary:
         try:
             self.summary = self._process.start()
         except EdgeYoloError as err:
             self._fail(err.problem, err.fix)
+        if self.summary.fallback_reason and self._may_power_cycle():  # 'auto' took the CPU twin: try the Coral
+            self._fail(f"the Edge TPU could not be loaded: {self.summary.fallback_reason}", None)
         if self.summary.fallback_reason:
             self._fall_back(self.summary.fallback_reason)
         self._set_online(True, device=self.summary.device, pid=self._process.pid)
@@ -133,22 +143,25 @@ class RemoteDetector:
         self.start()
         self._backoff = 1.0
 
+    def _may_power_cycle(self) -> bool:
+        """``watchdog.power_cycle_usb`` asks for it, the Edge TPU is asked for, and no power cycle happened
+        within the restart window."""
+        return (self.watchdog.power_cycle_usb and parse_device(self._process.spec.device).kind != "cpu"
+                and (self._power_cycled is None
+                     or time.monotonic() - self._power_cycled >= self.watchdog.restart_window))
+
     def _power_cycle(self) -> bool:
-        """Power-cycle the USB Coral's port, where ``watchdog.power_cycle_usb`` asks for it, the detector runs
-        on the Edge TPU and no power cycle happened within the restart window; whether it was done."""
-        now = time.monotonic()
-        if not self.watchdog.power_cycle_usb or self.summary is None or self.summary.device == "cpu" or (
-                self._power_cycled is not None and now - self._power_cycled < self.watchdog.restart_window):
+        """Power-cycle the USB Coral's port where :meth:`_may_power_cycle`; whether it was done."""
+        if not self._may_power_cycle():
             return False
-        self._power_cycled = now
+        self._power_cycled = time.monotonic()
         try:
             cycled = power_cycle_usb_corals(host.ROOT)
         except EdgeYoloError as err:
             logger.error("Could not power-cycle the Coral: %s (fix: %s)", err.problem, err.fix)
             return False
         self.stats.usb_power_cycled()
-        logger.warning("The detector failed %d times within %g s: power-cycled the Coral (%s)",
-                       len(self._restarts), self.watchdog.restart_window, ", ".join(cycled))
+        logger.warning("The Edge TPU keeps failing: power-cycled the Coral (%s)", ", ".join(cycled))
         return True
 
     def _fail(self, problem: str, fix: str | None) -> None:
