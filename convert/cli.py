@@ -15,7 +15,7 @@ from edge_yolov9.errors import require
 from edge_yolov9.model_file import LAYOUTS
 
 from .calibration import DEFAULT_CALIBRATION_IMAGES
-from .quiet import hidden_stderr, sigint_deferred
+from .quiet import hidden_stderr, sigint_deferred, sigint_remembered
 
 EXIT_CODES = """\
 exit codes:
@@ -46,11 +46,12 @@ def _require(module: str, purpose: str, *, verbose: bool = False) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    _require("litert_torch", "Converting a model to TFLite", verbose=args.verbose)
-    sizes = list(dict.fromkeys(args.imgsz or [None]))
-    if len(sizes) > 1:
-        return _convert_sizes(args, sizes)
-    result = _convert_one(args, sizes[0], args.output)
+    with sigint_remembered():
+        _require("litert_torch", "Converting a model to TFLite", verbose=args.verbose)
+        sizes = list(dict.fromkeys(args.imgsz or [None]))
+        if len(sizes) > 1:
+            return _convert_sizes(args, sizes)
+        result = _convert_one(args, sizes[0], args.output)
     _print_result(args, result)
     return int(result.exit_code)
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from tqdm import tqdm
 
@@ -36,6 +36,7 @@ from .export import calibrate_int8, check_layout, lower_int8, output_specs, prep
 from .float_branch import FloatBranch, FloatJob
 from .frigate import LABELMAP, write_labelmap
 from .metadata import build_metadata, metadata_for_compiled, save_with_metadata
+from .quiet import raise_if_interrupted
 from .stages import StageClock
 from .tflite_model import TFLiteModel
 
@@ -213,8 +214,8 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
     logger.info("Converting %s (%s) at %s, calibrating on %d images from %s", deployed.cfg.name,
                 plural(len(labels), "class"), calibration.imgsz, len(calibration.images), calibration.source)
     logger.info("Quantizing to int8: calibration, then conversion (the float model beside it)")
-    inputs = tqdm(calibration.inputs(), total=len(calibration.images), desc="calibrating", unit="img", disable=None,
-                  leave=False)
+    inputs = tqdm(_stopping_when_interrupted(calibration.inputs()), total=len(calibration.images), desc="calibrating",
+                  unit="img", disable=None, leave=False)
     with clock.stage("int8 calibration"):
         calibrated = calibrate_int8(deployed, calibration.imgsz, inputs, options.layout)
     with clock.stage("int8 lowering", ticker=True):
@@ -258,6 +259,13 @@ def _convert_into(folder: Path, deployed: YOLO, labels: list[str], calibration: 
             write_sidecar(result.compile.compiled_model, metadata_for_compiled(int8_metadata, compiled))
         result.exit_code = result.compile.exit_code(allow_cpu_ops=options.allow_cpu_ops)
     return result
+
+
+def _stopping_when_interrupted(inputs: Iterator[Any]) -> Iterator[Any]:
+    """``inputs``, stopped by a Ctrl-C that Python dropped while the previous image ran (quiet.sigint_remembered)."""
+    for image in inputs:
+        raise_if_interrupted()
+        yield image
 
 
 def _judge_accuracy(result: ConvertResult, options: ConvertOptions) -> None:

@@ -2,7 +2,7 @@
 lines they print on standard error, hidden at the file-descriptor level where native code writes too; and a
 Ctrl-C while they load, which their imports do not survive cleanly (a KeyboardInterrupt in the middle of
 ``import litert_torch`` ends in a RecursionError, or is swallowed and the command runs on), held back until the
-import is done."""
+import is done; and a Ctrl-C that Python itself drops, raised again at the conversion's next step."""
 
 from __future__ import annotations
 
@@ -57,3 +57,34 @@ def sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             signal.raise_signal(signal.SIGINT)
+
+
+_interrupted = threading.Event()
+
+
+@contextlib.contextmanager
+def sigint_remembered() -> Iterator[None]:
+    """A Ctrl-C while the block runs raises KeyboardInterrupt as usual and is remembered, so that
+    :func:`raise_if_interrupted` raises it again: Python drops an exception raised inside a garbage-collector
+    callback or a ``__del__`` ("Exception ignored in"), and JAX, which the converter's libraries import, runs one
+    at every full collection; a Ctrl-C that lands there would leave the conversion running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        _interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupted.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came within :func:`sigint_remembered` (and may have been dropped)."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt

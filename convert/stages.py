@@ -14,6 +14,8 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from .quiet import raise_if_interrupted
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,7 +26,9 @@ class StageClock:
 
     @contextlib.contextmanager
     def stage(self, name: str, ticker: bool = False) -> Iterator[None]:
-        """Time the block as stage ``name``; ``ticker``: show its elapsed time on the terminal meanwhile."""
+        """Time the block as stage ``name``; ``ticker``: show its elapsed time on the terminal meanwhile. A Ctrl-C
+        that Python dropped during the previous stage stops the run here (``quiet.sigint_remembered``)."""
+        raise_if_interrupted()
         start = time.perf_counter()
         try:
             with elapsed_time(name) if ticker else contextlib.nullcontext():

@@ -379,6 +379,33 @@ def test_a_ctrl_c_while_the_converters_libraries_load_waits_for_the_import(tmp_p
     assert "RecursionError" not in run.stderr
 
 
+def test_a_ctrl_c_that_python_drops_in_a_gc_callback_is_raised_at_the_next_step(tmp_path):
+    """A KeyboardInterrupt raised inside a garbage-collector callback (JAX, which the converter's libraries import,
+    runs one at every full collection) is dropped by Python ("Exception ignored in"): CI caught a conversion that
+    ran on after a Ctrl-C. Under sigint_remembered the next step (a stage, a calibration image) raises it again."""
+    script = ("import gc, os, signal, sys\n"
+              "from edge_yolov9.convert.quiet import raise_if_interrupted, sigint_remembered\n"
+              "dropped = []\n"
+              "sys.unraisablehook = lambda unraisable: dropped.append(unraisable.exc_type.__name__)\n"
+              "def callback(phase, info):\n"
+              "    if phase == 'start':\n"
+              "        os.kill(os.getpid(), signal.SIGINT)\n"
+              "        for _ in range(10000): pass  # the Python handler runs here, in the callback\n"
+              "with sigint_remembered():\n"
+              "    gc.callbacks.append(callback)\n"
+              "    gc.collect()\n"
+              "    gc.callbacks.remove(callback)\n"
+              "    print('dropped', dropped, flush=True)\n"
+              "    try:\n"
+              "        raise_if_interrupted()\n"
+              "    except KeyboardInterrupt:\n"
+              "        print('raised again', flush=True)\n"
+              "raise_if_interrupted()\n"
+              "print('forgotten after the block')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.stdout == "dropped ['KeyboardInterrupt']\nraised again\nforgotten after the block\n", run.stderr
+
+
 def test_a_float_worker_spawned_for_a_conversion_that_fails_first_leaves_nothing(tmp_path, ball_checkpoint):
     """The worker is spawned as the conversion starts and given the float half before calibration; when the
     conversion then fails (here: no calibration image can be read), the error is the conversion's, the worker is
