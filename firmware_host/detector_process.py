@@ -86,7 +86,7 @@ class RemoteDetector:
         except EdgeYoloError as err:
             self._fail(err.problem, err.fix)
         if self.summary.fallback_reason and self._may_power_cycle():  # 'auto' took the CPU twin: try the Coral
-            self._fail(f"the Edge TPU could not be loaded: {self.summary.fallback_reason}", None)
+            self._fail(self.summary.fallback_reason, None)
         if self.summary.fallback_reason:
             self._fall_back(self.summary.fallback_reason)
         self._set_online(True, device=self.summary.device, pid=self._process.pid)

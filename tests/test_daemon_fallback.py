@@ -126,3 +126,28 @@ def test_the_library_in_the_config_must_be_a_file(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"model.edgetpu_library \(line 1\): .*typo.so.*a libedgetpu.so.1"):
         parse_config(text)
     assert parse_config(text.replace("typo.so", "models/tiny_int8.tflite")).model.fallback_to_cpu is True
+
+
+def test_a_power_cycle_that_fails_leaves_the_cpu_fallback_as_it_was(setup, tmp_path, monkeypatch, caplog):
+    """device 'auto' with a crashing runtime loads the CPU twin; with watchdog.power_cycle_usb the daemon first
+    tries to power-cycle the Coral (here uhubctl cannot switch the port), then falls back, saying why once."""
+    from edge_yolov9 import host
+    from support.fake_sysfs import usb_coral
+    from support.fake_uhubctl import fake_uhubctl
+
+    compiled, frames = setup
+    root = tmp_path / "root"
+    usb_coral(root, "1-1.2", "18d1:9302", "5000", bus=1, number=5)
+    monkeypatch.setattr(host, "ROOT", root)
+    log = tmp_path / "uhubctl.log"
+    fake_uhubctl(tmp_path / "bin", root, log, fails="No compatible devices detected!")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    caplog.set_level(logging.WARNING)
+    library = build_fake_libedgetpu(tmp_path / "lib", "abort")
+    with running(config(compiled, frames, library, {"device": "auto"},
+                        watchdog={"max_restarts": 1, "restart_window": 60, "power_cycle_usb": True})) as daemon:
+        assert daemon.stats.detector_device == "cpu" and daemon.stats.usb_power_cycles == 0
+        reason = daemon.stats.detector_fallback_reason
+    assert reason.startswith("the Edge TPU could not be loaded: ") and reason.count("could not be loaded") == 1
+    assert "crashed (SIGABRT) while creating the delegate" in reason
+    assert log.read_text() == "-l 1-1 -p 2 -a cycle -d 2\n" and "Could not power-cycle the Coral" in caplog.text
