@@ -277,16 +277,16 @@ class IsolatedDetector:
                 return self._process.detect_prepared(prepared)
             except EdgeYoloError as again:  # a dead child, or the Edge TPU now unusable at load
                 failure = again
-        problem = f"The Edge TPU failed {self.restarts + 1} times in this run (the last time: {failure.problem})"
+        failed = f"failed {self.restarts + 1} times in this run (the last time: {failure.problem})"
         if not self._may_fall_back():
             instead = "; --device auto goes on with the CPU model instead" \
                 if self.cpu_fallback and parse_device(self._process.spec.device).kind != "auto" else ""
             raise DetectorProcessError(
-                problem, "check the Coral's cable and power (a Pi 5 gives USB devices 600 mA unless "
-                         "usb_max_current_enable=1; a powered hub helps), re-plug it (or `edge-yolov9 doctor "
-                         "--power-cycle-usb`), then run again; "
-                         f"`edge-yolov9 doctor` checks the rest{instead}")
-        self.fallback_reason = problem[0].lower() + problem[1:]
+                f"The Edge TPU {failed}",
+                "check the Coral's cable and power (a Pi 5 gives USB devices 600 mA unless usb_max_current_enable=1; "
+                "a powered hub helps), re-plug it (or `edge-yolov9 doctor --power-cycle-usb`), then run again; "
+                f"`edge-yolov9 doctor` checks the rest{instead}")
+        self.fallback_reason = f"the Edge TPU {failed}"
         logger.warning("Running the CPU model for the rest of the run: %s", self.fallback_reason)
         self.summary = self._process.start(device="cpu")
         return self._process.detect_prepared(prepared)

@@ -20,7 +20,7 @@ from .interpreter import RuntimeSetupError
 logger = logging.getLogger(__name__)
 
 INSTALL_UHUBCTL = "install uhubctl (`sudo apt install uhubctl`)"
-ALLOW_UHUBCTL = ("run the daemon as a user allowed to switch USB ports (root, or the udev rule in uhubctl's "
+ALLOW_UHUBCTL = ("run as a user allowed to switch USB ports (root, or the udev rule in uhubctl's "
                  "README that gives a group write access to the hubs)")
 
 
