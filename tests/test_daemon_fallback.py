@@ -1,6 +1,7 @@
 """The daemon with an Edge TPU that fails: a fake libedgetpu that crashes (support.fake_libedgetpu) makes it run
 the CPU twin and say why in /api/stats, /metrics, MQTT and the log; a detector process that keeps crashing
-on the Edge TPU does the same; ``model.fallback_to_cpu: false`` keeps the error instead."""
+on the Edge TPU does the same; ``model.fallback_to_cpu: false`` keeps the error instead. With
+``watchdog.power_cycle_usb`` a wedged Coral is power-cycled first (a fake uhubctl, support.fake_uhubctl)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_yolov9 import host
 from edge_yolov9.daemon.config import DaemonConfig
 from edge_yolov9.daemon.daemon import Daemon
 from edge_yolov9.daemon.detector_process import DetectorUnavailable
 from support.broker import Broker, Subscriber
 from support.conversions import fake_edgetpu_model
 from support.fake_libedgetpu import build_fake_libedgetpu
+from support.fake_sysfs import usb_coral
+from support.fake_uhubctl import fake_uhubctl
 from support.mjpeg_server import free_port
 from support.waiting import wait_until
 from test_daemon import running
@@ -128,24 +132,62 @@ def test_the_library_in_the_config_must_be_a_file(setup, tmp_path):
     assert parse_config(text.replace("typo.so", "models/tiny_int8.tflite")).model.fallback_to_cpu is True
 
 
-def test_a_power_cycle_that_fails_leaves_the_cpu_fallback_as_it_was(setup, tmp_path, monkeypatch, caplog):
-    """device 'auto' with a crashing runtime loads the CPU twin; with watchdog.power_cycle_usb the daemon first
-    tries to power-cycle the Coral (here uhubctl cannot switch the port), then falls back, saying why once."""
-    from edge_yolov9 import host
-    from support.fake_sysfs import usb_coral
-    from support.fake_uhubctl import fake_uhubctl
 
-    compiled, frames = setup
+# ------------------------------------------------------------------------ watchdog.power_cycle_usb
+POWER_CYCLING = {"max_restarts": 1, "restart_window": 60, "power_cycle_usb": True}
+
+
+@pytest.fixture
+def coral_root(tmp_path, monkeypatch) -> Path:
+    """A fake machine root with a ready USB Coral on port 2 of hub 1-1, read by the daemon (host.ROOT), and
+    tmp_path/bin first on PATH for the fake uhubctl."""
     root = tmp_path / "root"
     usb_coral(root, "1-1.2", "18d1:9302", "5000", bus=1, number=5)
     monkeypatch.setattr(host, "ROOT", root)
-    log = tmp_path / "uhubctl.log"
-    fake_uhubctl(tmp_path / "bin", root, log, fails="No compatible devices detected!")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    return root
+
+
+@pytest.mark.parametrize("wedged", ["while running", "from the start"])
+def test_the_daemon_power_cycles_a_wedged_coral_and_stays_on_the_edge_tpu(setup, coral_root, tmp_path,
+                                                                           monkeypatch, caplog, wedged):
+    """The fake Coral wedges (every process that opens it aborts) until its port is power-cycled: with
+    watchdog.power_cycle_usb the daemon cycles it, whether the detector keeps dying while running or cannot
+    load the model at the start, instead of falling back to the CPU twin, and detects on the Edge TPU again;
+    /api/stats and /metrics count the power cycle."""
+    compiled, frames = setup
+    trigger = tmp_path / "wedged"
+    monkeypatch.setenv("FAKE_LIBEDGETPU_UNPLUG", str(trigger))
+    log = tmp_path / "uhubctl.log"
+    fake_uhubctl(tmp_path / "bin", coral_root, log, back_after=0.3, clears=trigger)
+    caplog.set_level(logging.WARNING)
+    if wedged == "from the start":
+        trigger.write_text("for good")
+    with running(config(compiled, frames, build_fake_libedgetpu(tmp_path / "lib", "unplug"),
+                        watchdog=POWER_CYCLING)) as daemon:
+        if wedged == "while running":
+            assert daemon.stats.detector_device == "usb"
+            trigger.write_text("for good")
+        wait_until(lambda: daemon.stats.usb_power_cycles == 1, 60, "the power cycle")
+        detected = daemon.stats.frames_detected
+        wait_until(lambda: daemon.stats.frames_detected > detected + 2, 60, "detections after the power cycle")
+        detector = json.loads(get(daemon, "/api/stats"))["detector"]
+        metrics = get(daemon, "/metrics")
+    assert detector["device"] == "usb" and detector["fallback_reason"] is None and detector["usb_power_cycles"] == 1
+    assert 'edge_yolov9_usb_power_cycles_total{camera="garage"} 1' in metrics
+    assert log.read_text() == "-l 1-1 -p 2 -a cycle -d 2\n"
+    assert "power-cycled the Coral (1-1 port 2)" in caplog.text and "SIGABRT" in caplog.text
+
+
+def test_a_power_cycle_that_fails_leaves_the_cpu_fallback_as_it_was(setup, coral_root, tmp_path, caplog):
+    """device 'auto' with a crashing runtime loads the CPU twin; with watchdog.power_cycle_usb the daemon first
+    tries to power-cycle the Coral (here uhubctl cannot switch the port), then falls back, saying why once."""
+    compiled, frames = setup
+    log = tmp_path / "uhubctl.log"
+    fake_uhubctl(tmp_path / "bin", coral_root, log, fails="No compatible devices detected!")
     caplog.set_level(logging.WARNING)
     library = build_fake_libedgetpu(tmp_path / "lib", "abort")
-    with running(config(compiled, frames, library, {"device": "auto"},
-                        watchdog={"max_restarts": 1, "restart_window": 60, "power_cycle_usb": True})) as daemon:
+    with running(config(compiled, frames, library, {"device": "auto"}, watchdog=POWER_CYCLING)) as daemon:
         assert daemon.stats.detector_device == "cpu" and daemon.stats.usb_power_cycles == 0
         reason = daemon.stats.detector_fallback_reason
     assert reason.startswith("the Edge TPU could not be loaded: ") and reason.count("could not be loaded") == 1

@@ -1,13 +1,11 @@
 """Power-cycling a wedged USB Coral (``edge_yolov9.usb_power``) with a fake ``uhubctl`` on PATH over a fake sysfs
-tree (support.fake_uhubctl, support.fake_sysfs); and the daemon doing it when the detector keeps failing on a
-Coral that a fake libedgetpu has wedged (every new process aborts until the power is cut)."""
+tree (support.fake_uhubctl, support.fake_sysfs). The daemon doing it: test_daemon_fallback.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from edge_yolov9.interpreter import RuntimeSetupError
 from edge_yolov9.usb_power import hub_port, power_cycle_usb_corals
 from support.fake_sysfs import usb_coral
 from support.fake_uhubctl import fake_uhubctl
-from support.waiting import wait_until
 
 READY = "18d1:9302"
 
@@ -96,62 +93,3 @@ def test_doctor_power_cycles_first_when_asked(machine, tmp_path, monkeypatch, ca
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert main(["doctor", "--power-cycle-usb"]) == 2
     assert "sudo apt install uhubctl" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------- the daemon
-@pytest.mark.parametrize("wedged", ["while running", "from the start"])
-def test_the_daemon_power_cycles_a_wedged_coral_and_stays_on_the_edge_tpu(tiny_model, machine, tmp_path,
-                                                                           monkeypatch, caplog, wedged):
-    """The fake Coral wedges (every process that opens it aborts) until its port is power-cycled: with
-    watchdog.power_cycle_usb the daemon cycles it, whether the detector keeps dying while running or cannot
-    load the model at the start, instead of falling back to the CPU twin, and detects on the Edge TPU again;
-    /api/stats and /metrics count the power cycle."""
-    import urllib.request
-
-    import numpy as np
-    from PIL import Image
-
-    from edge_yolov9.daemon.config import DaemonConfig
-    from support.conversions import fake_edgetpu_model
-    from support.fake_libedgetpu import build_fake_libedgetpu
-    from support.mjpeg_server import free_port
-    from test_daemon import running
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(host, "ROOT", machine)
-    trigger = tmp_path / "wedged"
-    monkeypatch.setenv("FAKE_LIBEDGETPU_UNPLUG", str(trigger))
-    log = tmp_path / "uhubctl.log"
-    fake_uhubctl(tmp_path / "bin", machine, log, back_after=0.3, clears=trigger)
-    models, frames = tmp_path / "models", tmp_path / "frames"
-    models.mkdir()
-    frames.mkdir()
-    shutil.copy(tiny_model, models / "tiny_int8.tflite")
-    compiled = fake_edgetpu_model(tiny_model, models / "tiny_int8_edgetpu.tflite")
-    red = np.zeros((64, 64, 3), np.uint8)
-    red[..., 0] = 255
-    Image.fromarray(red).save(frames / "0.png")
-    config = DaemonConfig.model_validate({
-        "name": "garage", "source": {"uri": str(frames), "loop": True, "fps": 20},
-        "model": {"path": str(compiled), "device": "usb", "threads": 1,
-                  "edgetpu_library": str(build_fake_libedgetpu(tmp_path / "lib", "unplug"))},
-        "http": {"port": free_port()}, "watchdog": {"max_restarts": 1, "restart_window": 60,
-                                                    "power_cycle_usb": True}})
-    caplog.set_level(logging.WARNING)
-    if wedged == "from the start":
-        trigger.write_text("for good")
-    with running(config) as daemon:
-        if wedged == "while running":
-            assert daemon.stats.detector_device == "usb"
-            trigger.write_text("for good")
-        wait_until(lambda: daemon.stats.usb_power_cycles == 1, 60, "the power cycle")
-        detected = daemon.stats.frames_detected
-        wait_until(lambda: daemon.stats.frames_detected > detected + 2, 60, "detections after the power cycle")
-        with urllib.request.urlopen(f"{daemon.http.url}/api/stats", timeout=10) as reply:
-            detector = json.loads(reply.read())["detector"]
-        with urllib.request.urlopen(f"{daemon.http.url}/metrics", timeout=10) as reply:
-            metrics = reply.read().decode()
-    assert detector["device"] == "usb" and detector["fallback_reason"] is None and detector["usb_power_cycles"] == 1
-    assert 'edge_yolov9_usb_power_cycles_total{camera="garage"} 1' in metrics
-    assert log.read_text() == "-l 1-1 -p 2 -a cycle -d 2\n"
-    assert "power-cycled the Coral (1-1 port 2)" in caplog.text and "SIGABRT" in caplog.text

@@ -20,16 +20,22 @@ from support.conversions import fake_edgetpu_model
 from support.fake_libedgetpu import build_fake_libedgetpu
 
 
+def colour_data(folder: Path, count: int) -> Path:
+    """A data.yaml in ``folder`` over ``count`` real PNGs, red and blue in turn (colours the tiny model knows),
+    each labelled as one object."""
+    for name in ("images", "labels"):
+        (folder / name).mkdir(parents=True)
+    for index in range(count):
+        colour, class_id = ((255, 0, 0), 0) if index % 2 == 0 else ((0, 0, 255), 1)
+        Image.fromarray(np.full((64, 96, 3), colour, np.uint8)).save(folder / "images" / f"{index}.png")
+        (folder / "labels" / f"{index}.txt").write_text(f"{class_id} 0.5 0.5 1.0 1.0\n")
+    (folder / "data.yaml").write_text("path: .\nval: images\nnames: [red, blue]\n")
+    return folder / "data.yaml"
+
+
 @pytest.fixture
 def colours(tmp_path) -> Path:
-    """A data.yaml over six real PNGs, each one colour the tiny model knows, labelled as one object."""
-    for folder in ("images", "labels"):
-        (tmp_path / folder).mkdir()
-    for index, (colour, class_id) in enumerate([((255, 0, 0), 0), ((0, 0, 255), 1)] * 3):
-        Image.fromarray(np.full((64, 96, 3), colour, np.uint8)).save(tmp_path / "images" / f"{index}.png")
-        (tmp_path / "labels" / f"{index}.txt").write_text(f"{class_id} 0.5 0.5 1.0 1.0\n")
-    (tmp_path / "data.yaml").write_text("path: .\nval: images\nnames: [red, blue]\n")
-    return tmp_path / "data.yaml"
+    return colour_data(tmp_path, 6)
 
 
 @pytest.fixture
@@ -128,14 +134,7 @@ def test_val_survives_a_coral_that_drops_once(compiled, colours, unplug, caplog)
 @pytest.fixture
 def many_colours(tmp_path) -> Path:
     """colours' data with 120 images: more than restarted children that abort within milliseconds can answer."""
-    for folder in ("images", "labels"):
-        (tmp_path / "many" / folder).mkdir(parents=True)
-    for index in range(120):
-        colour, class_id = ((255, 0, 0), 0) if index % 2 else ((0, 0, 255), 1)
-        Image.fromarray(np.full((64, 96, 3), colour, np.uint8)).save(tmp_path / "many" / "images" / f"{index}.png")
-        (tmp_path / "many" / "labels" / f"{index}.txt").write_text(f"{class_id} 0.5 0.5 1.0 1.0\n")
-    (tmp_path / "many" / "data.yaml").write_text("path: .\nval: images\nnames: [red, blue]\n")
-    return tmp_path / "many" / "data.yaml"
+    return colour_data(tmp_path / "many", 120)
 
 
 def test_val_stops_on_a_coral_gone_for_good_and_never_scores_the_cpu_instead(compiled, many_colours, unplug):
